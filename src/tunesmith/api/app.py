@@ -1,0 +1,57 @@
+"""The FastAPI application: the same routers under /v1beta and /v1."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from tunesmith.api import errors
+from tunesmith.api.auth import Credentials
+from tunesmith.api.routes import generate, models, operations, tuned_models
+from tunesmith.api.service import TuningService
+from tunesmith.config import Settings
+from tunesmith.serving.engine import Engine
+from tunesmith.store.db import make_engine, migrate
+from tunesmith.store.repository import Repository
+from tunesmith.training.base_models import Catalog, load_base_model
+
+log = logging.getLogger(__name__)
+VERSIONS = ("/v1beta", "/v1")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.sqlalchemy_url)
+    migrate(engine)
+    repo = Repository(engine)
+    credentials = Credentials(settings, repo)
+    if credentials.bootstrap():
+        log.info("created the owner's API key in %s", credentials.owner_key_path)
+    catalog = Catalog(settings)
+    inference = Engine(
+        lambda spec: load_base_model(spec, settings.base_model_cache_dir),
+        settings.adapter_cache_size,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="Tunesmith",
+        description="Self-hosted model tuning with the Gemini API tuning protocol.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.credentials = credentials
+    app.state.service = TuningService(settings, repo, catalog, inference)
+    errors.install(app)
+    # Routes with a ':verb' suffix come before the plain ones that would also match them.
+    for prefix in VERSIONS:
+        for module in (generate, operations, tuned_models, models):
+            app.include_router(module.router, prefix=prefix)
+    return app

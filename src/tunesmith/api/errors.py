@@ -1,0 +1,90 @@
+"""google.rpc.Status error bodies (AIP-193) for every failure the API can return."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from tunesmith.api.responses import json_response
+from tunesmith.domain.errors import Code, FieldViolation, ServiceError
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "googleapis.com"
+SERVICE = "generativelanguage.googleapis.com"
+STATUS_OF_HTTP = {404: Code.NOT_FOUND, 405: Code.UNIMPLEMENTED, 400: Code.INVALID_ARGUMENT}
+
+
+def status_body(error: ServiceError) -> dict[str, Any]:
+    details: list[dict[str, Any]] = []
+    if error.violations:
+        details.append(
+            {
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [_violation(v) for v in error.violations],
+            }
+        )
+    if error.reason:
+        details.append(
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": error.reason,
+                "domain": ERROR_DOMAIN,
+                "metadata": {"service": SERVICE},
+            }
+        )
+    body: dict[str, Any] = {
+        "code": error.code.http_status,
+        "message": error.message,
+        "status": error.code.name,
+    }
+    if details:
+        body["details"] = details
+    return {"error": body}
+
+
+def _violation(v: FieldViolation) -> dict[str, str]:
+    return (
+        {"field": v.field, "description": v.description}
+        if v.field
+        else {"description": v.description}
+    )
+
+
+def error_response(error: ServiceError) -> Response:
+    return json_response(status_body(error), error.code.http_status, error.headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_request: Request, error: ServiceError) -> Response:
+        return error_response(error)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        code = STATUS_OF_HTTP.get(error.status_code, Code.INVALID_ARGUMENT)
+        message = (
+            f"Method not found: {request.method} {request.url.path}"
+            if error.status_code in (404, 405)
+            else str(error.detail)
+        )
+        return error_response(ServiceError(code, message))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, error: RequestValidationError) -> Response:
+        violations = [
+            FieldViolation(".".join(str(p) for p in e["loc"][1:]), e["msg"]) for e in error.errors()
+        ]
+        return error_response(
+            ServiceError(Code.INVALID_ARGUMENT, violations[0].description, violations)
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, error: Exception) -> Response:
+        log.exception("unhandled error", exc_info=error)
+        return error_response(ServiceError(Code.INTERNAL, "Internal error encountered."))

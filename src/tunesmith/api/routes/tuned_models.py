@@ -1,0 +1,70 @@
+"""tunedModels: create, get, list, patch, delete, cancel."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from tunesmith.api import wire
+from tunesmith.api.auth import Principal, authenticate
+from tunesmith.api.responses import json_response
+from tunesmith.api.routes.common import body, pretty, query, query_int
+from tunesmith.api.service import TuningService
+
+router = APIRouter(dependencies=[Depends(authenticate)])
+
+
+def service(request: Request) -> TuningService:
+    return request.app.state.service
+
+
+@router.post("/tunedModels")
+async def create_tuned_model(
+    request: Request, caller: Principal = Depends(authenticate)
+) -> Response:
+    command = wire.decode_create(await body(request), query(request, "tunedModelId"))
+    operation = service(request).create(command, caller)
+    return json_response(wire.operation_json(operation, [], None), pretty=pretty(request))
+
+
+@router.get("/tunedModels")
+def list_tuned_models(request: Request, caller: Principal = Depends(authenticate)) -> Response:
+    models, token = service(request).list(
+        caller,
+        query_int(request, "pageSize"),
+        query(request, "pageToken"),
+        query(request, "filter") or "",
+    )
+    data: dict = {}
+    if models:
+        data["tunedModels"] = [wire.tuned_model_json(m) for m in models]
+    if token:
+        data["nextPageToken"] = token
+    return json_response(data, pretty=pretty(request))
+
+
+@router.post("/tunedModels/{model_id}:cancel")
+def cancel_tuning(request: Request, model_id: str) -> Response:
+    """google-genai's tunings.cancel: cancels the model's tuning operation."""
+    service(request).cancel(model_id)
+    return json_response({}, pretty=pretty(request))
+
+
+@router.get("/tunedModels/{model_id}")
+def get_tuned_model(request: Request, model_id: str) -> Response:
+    return json_response(
+        wire.tuned_model_json(service(request).get(model_id)), pretty=pretty(request)
+    )
+
+
+@router.patch("/tunedModels/{model_id}")
+async def update_tuned_model(request: Request, model_id: str) -> Response:
+    change = wire.decode_update(await body(request), query(request, "updateMask"))
+    model = service(request).update(model_id, change)
+    return json_response(wire.tuned_model_json(model), pretty=pretty(request))
+
+
+@router.delete("/tunedModels/{model_id}")
+def delete_tuned_model(request: Request, model_id: str) -> Response:
+    service(request).delete(model_id)
+    return json_response({}, pretty=pretty(request))

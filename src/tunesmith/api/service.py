@@ -1,0 +1,292 @@
+"""What each API method does, between the wire codec and the store, engine and catalog."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from tunesmith.api.auth import Principal
+from tunesmith.config import Settings
+from tunesmith.domain import names, tuning
+from tunesmith.domain.errors import Code, FieldViolation, ServiceError, invalid, not_found
+from tunesmith.domain.resources import (
+    Hyperparameters,
+    Operation,
+    TunedModel,
+    TunedModelState,
+    TuningSnapshot,
+)
+from tunesmith.domain.validation import (
+    CreateTunedModel,
+    GenerateRequest,
+    TunedModelUpdate,
+    Violations,
+    check_generation,
+)
+from tunesmith.jobs.worker import adapter_dir
+from tunesmith.serving.engine import Engine, Generation, SamplingParams, StreamChunk
+from tunesmith.store.repository import Repository
+from tunesmith.training.base_models import Catalog, CatalogEntry
+
+MAX_PAGE = 1000
+FILTER_OPERATORS = ("owner:me", "writers:me", "readers:me", "readers:everyone")
+
+
+def model_missing(model_id: str) -> ServiceError:
+    return not_found(f"Tuned model tunedModels/{model_id} does not exist.")
+
+
+@dataclass(frozen=True)
+class Page:
+    offset: int
+    size: int
+
+
+def read_page(size: int | None, token: str | None, default: int, context: str) -> Page:
+    """Page size and offset. A token is bound to the call that made it (`context`)."""
+    if size is not None and size < 0:
+        raise invalid([FieldViolation("pageSize", "pageSize must not be negative")])
+    size = min(size or default, MAX_PAGE)
+    if not token:
+        return Page(0, size)
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode() + b"=="))
+        offset, made_for = int(data["o"]), data["c"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise invalid([FieldViolation("pageToken", "pageToken is not valid")]) from error
+    if made_for != context:
+        raise invalid(
+            [FieldViolation("pageToken", "pageToken was made for a call with other parameters")]
+        )
+    return Page(offset, size)
+
+
+def next_page_token(page: Page, more: bool, context: str) -> str | None:
+    if not more:
+        return None
+    data = json.dumps({"o": page.offset + page.size, "c": context}).encode()
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+class TuningService:
+    def __init__(
+        self, settings: Settings, repo: Repository, catalog: Catalog, engine: Engine
+    ) -> None:
+        self.settings, self.repo, self.catalog, self.engine = settings, repo, catalog, engine
+
+    # ------------------------------------------------------------ base models
+
+    def base_model(self, model_id: str) -> CatalogEntry:
+        entry = self.catalog.get(f"models/{model_id}")
+        if entry is None:
+            raise not_found(
+                f"models/{model_id} is not found for API version v1beta, or is not supported "
+                "for generateContent. Call ListModels to see the list of available models and "
+                "their supported methods."
+            )
+        return entry
+
+    def list_base_models(self, page: Page) -> tuple[list[CatalogEntry], bool]:
+        entries = self.catalog.list()
+        return entries[page.offset : page.offset + page.size], len(
+            entries
+        ) > page.offset + page.size
+
+    # ------------------------------------------------------------ tuned models
+
+    def create(self, request: CreateTunedModel, caller: Principal) -> Operation:
+        base_name, defaults = self._source(request)
+        n = len(request.examples)
+        epochs = request.epoch_count or tuning.DEFAULT_EPOCH_COUNT
+        batch = request.batch_size or tuning.default_batch_size(n)
+        rate = request.learning_rate or (
+            tuning.default_learning_rate(n) * (request.learning_rate_multiplier or 1.0)
+        )
+        now = datetime.now(UTC)
+        model = TunedModel(
+            id=request.tuned_model_id or names.tuned_model_id(request.display_name),
+            base_model=base_name,
+            display_name=request.display_name,
+            description=request.description,
+            temperature=defaults[0] if request.temperature is None else request.temperature,
+            top_p=defaults[1] if request.top_p is None else request.top_p,
+            top_k=defaults[2] if request.top_k is None else request.top_k,
+            state=TunedModelState.CREATING,
+            create_time=now,
+            update_time=now,
+            hyperparameters=Hyperparameters(epochs, batch, rate),
+            owner_id=caller.id,
+            source_tuned_model=request.source_tuned_model,
+        )
+        steps = tuning.total_steps(n, epochs, batch)
+        operation_id = names.operation_id()
+        seed = secrets.randbelow(2**31)
+        self.repo.create_tuned_model(model, operation_id, request.examples, seed, steps)
+        operation = self.repo.get_operation(model.id, operation_id)
+        assert operation is not None
+        return operation
+
+    def _source(self, request: CreateTunedModel) -> tuple[str, tuple[float, float, int]]:
+        """The base model name and the sampling defaults the new model inherits."""
+        if request.source_tuned_model:
+            source_id = request.source_tuned_model.removeprefix("tunedModels/")
+            source = self.repo.get_tuned_model(source_id)
+            if source is None:
+                raise model_missing(source_id)
+            if source.state != TunedModelState.ACTIVE:
+                raise ServiceError(
+                    Code.FAILED_PRECONDITION,
+                    f"Tuned model {source.name} is {source.state.name}; only an ACTIVE tuned "
+                    "model can be the source of another.",
+                )
+            return source.base_model, (source.temperature, source.top_p, source.top_k)
+        assert request.base_model is not None
+        entry = self.catalog.get(request.base_model)
+        if entry is None:
+            known = ", ".join(e.name for e in self.catalog.list())
+            raise invalid(
+                [
+                    FieldViolation(
+                        "baseModel",
+                        f"baseModel '{request.base_model}' is not a base model that can be tuned. "
+                        f"Known: {known}",
+                    )
+                ]
+            )
+        return entry.name, (entry.temperature, entry.top_p, entry.top_k)
+
+    def get(self, model_id: str) -> TunedModel:
+        model = self.repo.get_tuned_model(model_id)
+        if model is None:
+            raise model_missing(model_id)
+        return model
+
+    def list(
+        self, caller: Principal, page_size: int | None, page_token: str | None, text_filter: str
+    ) -> tuple[list[TunedModel], str | None]:
+        words = text_filter.split()
+        operators = [w for w in words if w in FILTER_OPERATORS]
+        text = " ".join(w for w in words if w not in FILTER_OPERATORS)
+        page = read_page(page_size, page_token, 10, f"tunedModels?{text_filter}")
+        if "readers:everyone" in operators:
+            return [], None  # nothing is shared with everyone until permissions exist
+        # Until sharing exists, owning a model is the only way to read or write it.
+        owner = caller.id if operators else None
+        models, more = self.repo.list_tuned_models(page.offset, page.size, text, owner)
+        return models, next_page_token(page, more, f"tunedModels?{text_filter}")
+
+    def update(self, model_id: str, change: TunedModelUpdate) -> TunedModel:
+        model = self.repo.update_tuned_model(model_id, change)
+        if model is None:
+            raise model_missing(model_id)
+        return model
+
+    def delete(self, model_id: str) -> None:
+        if not self.repo.delete_tuned_model(model_id):
+            raise model_missing(model_id)
+        shutil.rmtree(adapter_dir(self.settings, model_id), ignore_errors=True)
+
+    # ------------------------------------------------------------ operations
+
+    def operation(
+        self, model_id: str, operation_id: str
+    ) -> tuple[Operation, list[TuningSnapshot], TunedModel | None]:
+        operation = self.repo.get_operation(model_id, operation_id)
+        if operation is None:
+            raise not_found(
+                f"Operation tunedModels/{model_id}/operations/{operation_id} does not exist."
+            )
+        snapshots = self.repo.operation_snapshots(operation_id)
+        model = self.repo.get_tuned_model(model_id) if operation.status.finished else None
+        return operation, snapshots, model
+
+    def operations(self, model_id: str):
+        self.get(model_id)
+        return [
+            (
+                op,
+                self.repo.operation_snapshots(op.id),
+                self.repo.get_tuned_model(model_id) if op.status.finished else None,
+            )
+            for op in self.repo.list_operations(model_id)
+        ]
+
+    def cancel(self, model_id: str, operation_id: str | None = None) -> None:
+        if operation_id is None:
+            ops = self.repo.list_operations(self.get(model_id).id)
+            if not ops:
+                raise not_found(f"Tuned model tunedModels/{model_id} has no tuning operation.")
+            operation_id = ops[-1].id
+        operation = self.repo.get_operation(model_id, operation_id)
+        if operation is None:
+            raise not_found(
+                f"Operation tunedModels/{model_id}/operations/{operation_id} does not exist."
+            )
+        if operation.status.finished:
+            raise ServiceError(
+                Code.FAILED_PRECONDITION,
+                f"Operation {operation.name} has already finished ({operation.status.value}).",
+            )
+        self.repo.request_cancel(model_id, operation_id)
+
+    # ------------------------------------------------------------ generation
+
+    def _plan(self, model_id: str | None, base_id: str | None, request: GenerateRequest):
+        if model_id is not None:
+            model = self.get(model_id)
+            if model.state != TunedModelState.ACTIVE:
+                raise ServiceError(
+                    Code.FAILED_PRECONDITION,
+                    f"Tuned model {model.name} is {model.state.name}, not ACTIVE: "
+                    + (
+                        "it is still being tuned."
+                        if model.state == TunedModelState.CREATING
+                        else "its tuning failed."
+                    ),
+                )
+            entry = self.catalog.get(model.base_model)
+            if entry is None:
+                raise ServiceError(
+                    Code.FAILED_PRECONDITION,
+                    f"Base model {model.base_model} of {model.name} is not installed.",
+                )
+            defaults = (model.temperature, model.top_p, model.top_k)
+            adapter = adapter_dir(self.settings, model.id)
+        else:
+            entry = self.base_model(base_id or "")
+            defaults = (entry.temperature, entry.top_p, entry.top_k)
+            adapter = None
+        v = Violations()
+        check_generation(v, request, entry.output_token_limit)
+        v.raise_if_any()
+        params = SamplingParams(
+            temperature=defaults[0] if request.temperature is None else request.temperature,
+            top_p=defaults[1] if request.top_p is None else request.top_p,
+            top_k=defaults[2] if request.top_k is None else request.top_k,
+            max_output_tokens=request.max_output_tokens
+            or min(self.settings.default_max_output_tokens, entry.output_token_limit),
+            stop_sequences=request.stop_sequences,
+            candidate_count=request.candidate_count,
+            seed=request.seed,
+        )
+        return entry.target, adapter, params
+
+    def generate(
+        self, model_id: str | None, base_id: str | None, request: GenerateRequest
+    ) -> Generation:
+        spec, adapter, params = self._plan(model_id, base_id, request)
+        return self.engine.generate(spec, adapter, request.turns, params)
+
+    def stream(
+        self, model_id: str | None, base_id: str | None, request: GenerateRequest
+    ) -> Iterator[StreamChunk]:
+        spec, adapter, params = self._plan(model_id, base_id, request)
+        return self.engine.stream(spec, adapter, request.turns, params)
+
+    def count_tokens(self, base_id: str, request: GenerateRequest) -> int:
+        return self.engine.count_prompt_tokens(self.base_model(base_id).target, request.turns)

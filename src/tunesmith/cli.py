@@ -1,0 +1,180 @@
+"""The `tunesmith` command: serve, worker, and credentials for the local server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import typer
+
+from tunesmith.config import Settings, get_settings
+
+app = typer.Typer(help="Tunesmith: self-hosted model tuning with the Gemini tuning API.")
+auth_app = typer.Typer(help="Credentials for the local server's owner.")
+base_models_app = typer.Typer(help="The base model catalog.")
+app.add_typer(auth_app, name="auth")
+app.add_typer(base_models_app, name="base-models")
+
+log = logging.getLogger("tunesmith")
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("TUNESMITH_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+    )
+
+
+def _settings(**overrides) -> Settings:
+    settings = get_settings()
+    updates = {k: v for k, v in overrides.items() if v is not None}
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def _worker_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env["TUNESMITH_DATA_DIR"] = str(settings.data_dir)
+    if settings.database_url:
+        env["TUNESMITH_DATABASE_URL"] = settings.database_url
+    return env
+
+
+class WorkerPool:
+    """Worker subprocesses that are restarted when they die."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self.settings, self.count = settings, count
+        self.processes: list[subprocess.Popen] = []
+        self.stopping = threading.Event()
+
+    def _spawn(self) -> subprocess.Popen:
+        command = [sys.executable, "-m", "tunesmith", "worker"]
+        return subprocess.Popen(command, env=_worker_env(self.settings))
+
+    def start(self) -> None:
+        self.processes = [self._spawn() for _ in range(self.count)]
+        threading.Thread(target=self._supervise, daemon=True, name="worker-pool").start()
+
+    def _supervise(self) -> None:
+        while not self.stopping.wait(1.0):
+            for i, process in enumerate(self.processes):
+                if process.poll() is not None and not self.stopping.is_set():
+                    log.warning(
+                        "worker %d exited with %s; restarting it", process.pid, process.returncode
+                    )
+                    self.processes[i] = self._spawn()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, help="Address to listen on [default: 127.0.0.1]"),
+    port: int | None = typer.Option(None, help="Port [default: 8080]"),
+    workers: int | None = typer.Option(None, help="Training worker subprocesses [default: 1]"),
+) -> None:
+    """Serve the API with training workers, using the embedded defaults."""
+    import uvicorn
+
+    from tunesmith.api.app import create_app
+    from tunesmith.training.base_models import Catalog, ensure_cached
+
+    _logging()
+    settings = _settings(host=host, port=port, workers=workers)
+    application = create_app(settings)
+    default = Catalog(settings).default
+    log.info("preparing base model %s", default.name)
+    ensure_cached(default, settings.base_model_cache_dir)
+    log.info(
+        "owner API key: %s (tunesmith auth print-api-key)",
+        application.state.credentials.owner_key_path,
+    )
+    pool = WorkerPool(settings, settings.workers)
+    pool.start()
+    try:
+        uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
+    finally:
+        pool.stop()
+
+
+@app.command()
+def worker() -> None:
+    """Run one training worker: claims queued jobs from the database and trains them."""
+    import torch
+
+    from tunesmith.jobs.worker import Worker
+    from tunesmith.store.db import make_engine, migrate
+    from tunesmith.store.repository import Repository
+    from tunesmith.training.base_models import Catalog
+
+    _logging()
+    settings = _settings()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    engine = make_engine(settings.sqlalchemy_url)
+    migrate(engine)
+    stop = threading.Event()
+
+    def graceful(_signum, _frame) -> None:
+        stop.set()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, graceful)
+    Worker(settings, Repository(engine), Catalog(settings)).run_forever(stop)
+
+
+@auth_app.command("print-api-key")
+def print_api_key() -> None:
+    """Print the owner's API key (what the SDKs take as api_key)."""
+    typer.echo(_credentials().owner_api_key())
+
+
+@auth_app.command("print-access-token")
+def print_access_token(
+    ttl: int = typer.Option(3600, help="Seconds until the token expires"),
+) -> None:
+    """Print a signed, expiring access token for the owner (Authorization: Bearer ...)."""
+    typer.echo(_credentials().issue_access_token(ttl=ttl))
+
+
+def _credentials():
+    from tunesmith.api.auth import Credentials
+    from tunesmith.store.db import make_engine, migrate
+    from tunesmith.store.repository import Repository
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.sqlalchemy_url)
+    migrate(engine)
+    credentials = Credentials(settings, Repository(engine))
+    credentials.bootstrap()
+    return credentials
+
+
+@base_models_app.command("prepare")
+def prepare(
+    name: str = typer.Argument("", help="Catalog name; default: the default model"),
+) -> None:
+    """Convert a base model's GGUF into the safetensors cache now, not on first use."""
+    from tunesmith.training.base_models import Catalog, ensure_cached
+
+    _logging()
+    settings = _settings()
+    catalog = Catalog(settings)
+    entry = catalog.get(name) if name else None
+    if name and entry is None:
+        raise typer.BadParameter(f"unknown base model {name}")
+    spec = entry.target if entry else catalog.default
+    typer.echo(ensure_cached(spec, settings.base_model_cache_dir))

@@ -1,0 +1,105 @@
+"""Settings: every knob is an environment variable prefixed ``TUNESMITH_``."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "tunesmith"
+
+
+class LocalBaseModel(BaseModel):
+    """A base model registered from a local Hugging Face folder or GGUF file."""
+
+    name: str = Field(description="Catalog name, e.g. models/my-llama")
+    path: Path
+    display_name: str = ""
+    description: str = ""
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 64
+
+
+class ModelAlias(BaseModel):
+    """A catalog name that resolves to another base model, with its own sampling defaults."""
+
+    target: str = ""  # empty: the default base model
+    display_name: str = ""
+    description: str = ""
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+
+
+def _tutorial_aliases() -> dict[str, ModelAlias]:
+    # The sampling defaults are the recorded values of the real models (reference §1.8).
+    return {
+        "models/gemini-1.0-pro-001": ModelAlias(
+            display_name="Gemini 1.0 Pro (Tunesmith alias)",
+            description="Alias of the default local base model, for the Gemini tuning tutorials.",
+            temperature=0.9,
+            top_p=1.0,
+            top_k=1,
+        ),
+        "models/gemini-1.5-flash-001-tuning": ModelAlias(
+            display_name="Gemini 1.5 Flash 001 Tuning (Tunesmith alias)",
+            description="Alias of the default local base model, for the Gemini tuning tutorials.",
+            temperature=1.0,
+            top_p=0.95,
+            top_k=64,
+        ),
+    }
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNESMITH_", env_nested_delimiter="__")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str = ""  # empty: SQLite file in data_dir
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1  # worker subprocesses started by `tunesmith serve`
+
+    default_base_model: str = "models/gemma-3-270m"
+    base_model_aliases: dict[str, ModelAlias] = Field(default_factory=_tutorial_aliases)
+    extra_base_models: list[LocalBaseModel] = Field(default_factory=list)
+
+    job_lease_seconds: float = 30.0
+    worker_poll_seconds: float = 1.0
+    checkpoint_interval_seconds: float = 10.0
+    adapter_cache_size: int = 8
+    default_max_output_tokens: int = 1024  # when a request sets no maxOutputTokens
+    torch_threads: int = 0  # 0: torch's own default
+    access_token_ttl_seconds: int = 3600
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'tunesmith.db'}"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.data_dir / "checkpoints"
+
+    @property
+    def base_model_cache_dir(self) -> Path:
+        return self.data_dir / "base-models"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

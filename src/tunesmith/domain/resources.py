@@ -1,0 +1,126 @@
+"""The service's resources as plain objects: what the store keeps and the API shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntEnum, StrEnum
+from typing import Literal
+
+
+class TunedModelState(IntEnum):
+    STATE_UNSPECIFIED = 0
+    CREATING = 1
+    ACTIVE = 2
+    FAILED = 3
+
+
+class JobStatus(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One turn of a conversation given to a model."""
+
+    role: Literal["user", "model"]
+    text: str
+
+
+@dataclass(frozen=True)
+class TuningExample:
+    text_input: str
+    output: str
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    epoch_count: int
+    batch_size: int
+    learning_rate: float  # the rate actually used (multiplier already applied)
+
+
+@dataclass(frozen=True)
+class TuningSnapshot:
+    step: int
+    epoch: int
+    mean_loss: float
+    compute_time: datetime
+
+
+@dataclass
+class TunedModel:
+    id: str
+    base_model: str  # the catalog name the user asked for (aliases kept as given)
+    display_name: str
+    description: str
+    temperature: float
+    top_p: float
+    top_k: int
+    state: TunedModelState
+    create_time: datetime
+    update_time: datetime
+    hyperparameters: Hyperparameters
+    owner_id: str
+    source_tuned_model: str | None = None  # tunedModels/... when tuned from a tuned model
+    start_time: datetime | None = None
+    complete_time: datetime | None = None
+    snapshots: list[TuningSnapshot] = field(default_factory=list)
+    reader_project_numbers: list[int] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"tunedModels/{self.id}"
+
+
+@dataclass(frozen=True)
+class JobError:
+    code: int  # google.rpc.Code number
+    message: str
+
+
+CANCELLED_ERROR = JobError(1, "Tuning was cancelled.")  # google.rpc.Code CANCELLED
+
+
+@dataclass
+class Operation:
+    """A tuning job as a long-running operation."""
+
+    id: str
+    tuned_model_id: str
+    status: JobStatus
+    total_steps: int
+    completed_steps: int
+    error: JobError | None = None
+
+    @property
+    def name(self) -> str:
+        return f"tunedModels/{self.tuned_model_id}/operations/{self.id}"
+
+    @property
+    def completed_percent(self) -> float:
+        return 100.0 * self.completed_steps / self.total_steps if self.total_steps else 0.0
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a worker needs to run one tuning job."""
+
+    operation_id: str
+    tuned_model_id: str
+    base_model: str
+    source_tuned_model: str | None
+    examples: list[TuningExample]
+    hyperparameters: Hyperparameters
+    total_steps: int
+    seed: int
+    attempt: int
+    cancel_requested: bool = False

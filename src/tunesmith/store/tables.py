@@ -1,0 +1,111 @@
+"""The schema. Alembic migrations in store/migrations create and evolve it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite keeps no zone of its own)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+metadata = MetaData()
+
+principals = Table(
+    "principals",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("create_time", UTCDateTime, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_hash", String(64), primary_key=True),
+    Column("principal_id", String(64), ForeignKey("principals.id"), nullable=False),
+    Column("create_time", UTCDateTime, nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
+tuned_models = Table(
+    "tuned_models",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("base_model", String(200), nullable=False),
+    Column("source_tuned_model", String(200)),
+    Column("display_name", String(200), nullable=False, default=""),
+    Column("description", Text, nullable=False, default=""),
+    Column("temperature", Float, nullable=False),
+    Column("top_p", Float, nullable=False),
+    Column("top_k", Integer, nullable=False),
+    Column("state", Integer, nullable=False),
+    Column("epoch_count", Integer, nullable=False),
+    Column("batch_size", Integer, nullable=False),
+    Column("learning_rate", Float, nullable=False),
+    Column("reader_project_numbers", Text, nullable=False, default="[]"),
+    Column("owner_id", String(64), ForeignKey("principals.id"), nullable=False),
+    Column("create_time", UTCDateTime, nullable=False),
+    Column("update_time", UTCDateTime, nullable=False),
+    Column("start_time", UTCDateTime),
+    Column("complete_time", UTCDateTime),
+)
+Index("ix_tuned_models_create_time", tuned_models.c.create_time)
+
+operations = Table(
+    "operations",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tuned_model_id", String(64), nullable=False, index=True),
+    Column("status", String(16), nullable=False, index=True),
+    Column("base_model", String(200), nullable=False),
+    Column("source_tuned_model", String(200)),
+    Column("training_data", Text, nullable=False),  # JSON list of [text_input, output]
+    Column("total_steps", Integer, nullable=False),
+    Column("completed_steps", Integer, nullable=False, default=0),
+    Column("seed", Integer, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("worker_id", String(128)),
+    Column("lease_expires_at", UTCDateTime),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("error_code", Integer),
+    Column("error_message", Text),
+    Column("create_time", UTCDateTime, nullable=False),
+    Column("update_time", UTCDateTime, nullable=False),
+)
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("operation_id", String(64), primary_key=True),
+    Column("step", Integer, primary_key=True),
+    Column("epoch", Integer, nullable=False),
+    Column("mean_loss", Float, nullable=False),
+    Column("compute_time", UTCDateTime, nullable=False),
+)
