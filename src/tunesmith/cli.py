@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import typer
 
@@ -52,7 +53,7 @@ class WorkerPool:
         self.stopping = threading.Event()
 
     def _spawn(self) -> subprocess.Popen:
-        command = [sys.executable, "-m", "tunesmith", "worker"]
+        command = [sys.executable, "-m", "tunesmith", "worker", "--supervisor", str(os.getpid())]
         return subprocess.Popen(command, env=_worker_env(self.settings))
 
     def start(self) -> None:
@@ -109,8 +110,22 @@ def serve(
         pool.stop()
 
 
+def _exit_with(supervisor: int) -> None:
+    """Stops this worker when the process that started it is gone (even after kill -9),
+    handing its job back instead of training on as an orphan."""
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="supervisor-watch").start()
+
+
 @app.command()
-def worker() -> None:
+def worker(
+    supervisor: int = typer.Option(0, help="Exit when this parent process is gone"),
+) -> None:
     """Run one training worker: claims queued jobs from the database and trains them."""
     import torch
 
@@ -132,6 +147,8 @@ def worker() -> None:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, graceful)
+    if supervisor:
+        _exit_with(supervisor)
     Worker(settings, Repository(engine), Catalog(settings)).run_forever(stop)
 
 

@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNESMITH_", env_nested_delimiter="__")
 
     data_dir: Path = Field(default_factory=_default_data_dir)
+    base_model_dir: Path | None = None  # converted base models; default: data_dir/base-models
     database_url: str = ""  # empty: SQLite file in data_dir
     host: str = "127.0.0.1"
     port: int = 8080
@@ -93,7 +94,7 @@ class Settings(BaseSettings):
 
     @property
     def base_model_cache_dir(self) -> Path:
-        return self.data_dir / "base-models"
+        return self.base_model_dir or self.data_dir / "base-models"
 
     @property
     def secrets_dir(self) -> Path:

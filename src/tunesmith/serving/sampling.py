@@ -1,0 +1,73 @@
+"""Choosing the next token from logits: temperature, top-k and top-p as pure functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float  # 0 => greedy
+    top_p: float  # 1.0 => off
+    top_k: int  # 0 => off
+    max_output_tokens: int
+    stop_sequences: tuple[str, ...] = ()
+    candidate_count: int = 1
+    seed: int | None = None  # same seed + same request => same output
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Logits (rows, vocab) with all but each row's k largest set to -inf; k <= 0 is off."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth_largest = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Logits (rows, vocab) keeping each row's smallest set of most likely tokens whose
+    probability reaches p (always at least the most likely one); p >= 1 is off."""
+    if p >= 1.0:
+        return logits
+    top_probs, top_ids = _most_likely(torch.softmax(logits, dim=-1), p)
+    mass_before = torch.cumsum(top_probs, dim=-1) - top_probs
+    keep_sorted = mass_before < p
+    keep_sorted[..., 0] = True
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top_ids, keep_sorted)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def _most_likely(probs: torch.Tensor, mass: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's most likely tokens, sorted, enough of them to reach `mass` in every row.
+    Growing top-k instead of one full sort: sorting a 262k vocabulary costs tens of ms."""
+    vocab = probs.shape[-1]
+    width = min(vocab, 64)
+    while True:
+        top = torch.topk(probs, width)
+        if width == vocab or bool((top.values.sum(dim=-1) >= mass).all()):
+            return top.values, top.indices
+        width = min(vocab, width * 8)
+
+
+def next_tokens(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
+) -> torch.Tensor:
+    """One token id per row of logits (rows, vocab)."""
+    if params.temperature <= 0:
+        return logits.argmax(dim=-1)
+    scaled = logits.float() / params.temperature
+    return _draw(top_p_filter(top_k_filter(scaled, params.top_k), params.top_p), generator)
+
+
+def _draw(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token per row, drawn among its finite logits only: drawing from a whole 262k
+    vocabulary costs several ms per row."""
+    width = int(torch.isfinite(logits).sum(dim=-1).max())
+    if width == logits.shape[-1]:
+        probs = torch.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    values, ids = torch.topk(logits, width)
+    choice = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=generator)
+    return ids.gather(-1, choice).squeeze(-1)

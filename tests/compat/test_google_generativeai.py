@@ -1,0 +1,91 @@
+"""google-generativeai 0.8.6, unchanged, pointed at a real server on loopback."""
+
+from __future__ import annotations
+
+import google.generativeai as genai
+import pytest
+from google.api_core import exceptions
+
+EXAMPLES = [{"text_input": str(n), "output": str(n + 1)} for n in range(1, 9)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def configured(server):
+    genai.configure(
+        api_key=server.api_key, transport="rest", client_options={"api_endpoint": server.url}
+    )
+
+
+def test_base_models_are_listed_with_tuning_support():
+    names = {m.name: m for m in genai.list_models()}
+    assert "models/gemini-1.0-pro-001" in names
+    alias = genai.get_model("models/gemini-1.5-flash-001-tuning")
+    assert "createTunedModel" in alias.supported_generation_methods
+    assert alias.input_token_limit > 0 and alias.output_token_limit > 0
+
+
+def test_tune_poll_use_update_and_delete():
+    operation = genai.create_tuned_model(
+        "models/gemini-1.5-flash-001-tuning",
+        training_data=EXAMPLES,
+        id="generate-num-1234",
+        display_name="sdk model",
+        epoch_count=3,
+        batch_size=4,
+        learning_rate=0.001,
+    )
+    assert operation.metadata.total_steps == 6
+    operation.wait_bar()
+    model = operation.result()
+    assert model.name == "tunedModels/generate-num-1234"
+    assert model.state.name == "ACTIVE"
+    assert len(model.tuning_task.snapshots) == 6
+    assert model.tuning_task.hyperparameters.batch_size == 4
+
+    assert "tunedModels/generate-num-1234" in {m.name for m in genai.list_tuned_models()}
+    fetched = genai.get_tuned_model("tunedModels/generate-num-1234")
+    assert fetched.display_name == "sdk model"
+    updated = genai.update_tuned_model(
+        "tunedModels/generate-num-1234", {"description": "counts up"}
+    )
+    assert updated.description == "counts up"
+    assert genai.get_tuned_model("tunedModels/generate-num-1234").display_name == "sdk model"
+
+    tuned = genai.GenerativeModel(model_name=model.name)
+    reply = tuned.generate_content("5", generation_config={"max_output_tokens": 8})
+    assert reply.candidates[0].finish_reason.name in ("STOP", "MAX_TOKENS")
+    assert reply.usage_metadata.prompt_token_count > 0
+    streamed = tuned.generate_content(
+        "6", stream=True, generation_config={"max_output_tokens": 8, "temperature": 0}
+    )
+    text = "".join(chunk.text for chunk in streamed if chunk.candidates and chunk.parts)
+    whole = tuned.generate_content("6", generation_config={"max_output_tokens": 8, "temperature": 0})
+    assert text == whole.candidates[0].content.parts[0].text
+
+    child = genai.create_tuned_model(
+        source_model=model.name, training_data=EXAMPLES, id="generate-num-child", epoch_count=1
+    )
+    child_model = child.result()
+    assert child_model.source_model == model.name
+    assert child_model.base_model == "models/gemini-1.5-flash-001-tuning"
+
+    genai.delete_tuned_model(child_model.name)
+    genai.delete_tuned_model(model.name)
+    with pytest.raises(exceptions.NotFound):
+        genai.get_tuned_model(model.name)
+
+
+def test_cancel_ends_the_operation_with_cancelled():
+    operation = genai.create_tuned_model(
+        "models/gemini-1.0-pro-001",
+        training_data=EXAMPLES,
+        id="long-job",
+        epoch_count=1000,
+        batch_size=1,
+    )
+    operation.cancel()
+    with pytest.raises(exceptions.GoogleAPICallError):
+        operation.result(timeout=60)
+    assert operation.cancelled()
+    assert genai.get_tuned_model("tunedModels/long-job").state.name == "FAILED"
+    genai.delete_tuned_model("tunedModels/long-job")

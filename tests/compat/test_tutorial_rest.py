@@ -1,0 +1,151 @@
+"""The REST tuning tutorial, run as published: curl, its bodies, its polling loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+BODY = (Path(__file__).parent / "tutorial_create_body.json").read_text()
+EXAMPLES = [
+    ("1", "2"), ("3", "4"), ("-3", "-2"), ("twenty two", "twenty three"),
+    ("two hundred", "two hundred one"), ("ninety nine", "one hundred"), ("8", "9"),
+    ("-98", "-97"), ("1,000", "1,001"), ("10,100,000", "10,100,001"), ("thirteen", "fourteen"),
+    ("eighty", "eighty one"), ("one", "two"), ("three", "four"), ("seven", "eight"),
+]  # fmt: skip
+
+
+def access_token(server) -> str:
+    env = {**os.environ, "TUNESMITH_DATA_DIR": str(server.data_dir), **server.env}
+    result = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "auth", "print-access-token"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+def curl(server, token: str, method: str, path: str, data: str | None = None) -> str:
+    command = [
+        "curl", "-s", "-X", method, f"{server.url}{path}",
+        "-H", "Content-Type: application/json",
+        "-H", f"Authorization: Bearer {token}",
+        "-H", "x-goog-user-project: my-project-id",
+    ]  # fmt: skip
+    if data is not None:
+        command += ["-d", data]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def token(server) -> str:
+    return access_token(server)
+
+
+def test_tutorial_curl_flow(server, token):
+    listed = json.loads(curl(server, token, "GET", "/v1beta/tunedModels"))
+    assert isinstance(listed, dict)
+
+    operation = json.loads(curl(server, token, "POST", "/v1beta/tunedModels", BODY))
+    assert operation["metadata"]["totalSteps"] == 38
+    assert "done" not in operation
+    model_name = operation["metadata"]["tunedModel"]
+    assert model_name.startswith("tunedModels/number-generator-model-")
+    assert operation["name"].startswith(f"{model_name}/operations/")
+
+    # Listed at once, CREATING while it trains.
+    state = curl(server, token, "GET", f"/v1beta/{model_name}")
+    assert '"state": "CREATING"' in state or '"state": "ACTIVE"' in state
+
+    # The tutorial's polling loop, on /v1/.
+    percents = []
+    op_json = operation
+    while op_json.get("response") is None and op_json.get("error") is None:
+        time.sleep(0.2)
+        op_json = json.loads(curl(server, token, "GET", f"/v1/{op_json['name']}"))
+        percent = op_json["metadata"].get("completedPercent")
+        if percent is not None:
+            percents.append(percent)
+            last = op_json["metadata"]["snapshots"][-1]
+            assert set(last) <= {"step", "epoch", "meanLoss", "computeTime"}
+    assert op_json["done"] is True
+    assert percents == sorted(percents) and percents[-1] == 100.0
+    snapshots = op_json["metadata"]["snapshots"]
+    assert [s["step"] for s in snapshots] == list(range(1, 39))
+    assert snapshots[-1]["epoch"] == 5
+    assert all(s["meanLoss"] > 0 for s in snapshots)
+
+    grep = [line for line in curl(server, token, "GET", f"/v1beta/{model_name}").splitlines()
+            if "state" in line]  # fmt: skip
+    assert grep == ['  "state": "ACTIVE",']
+
+    answer = json.loads(
+        curl(server, token, "POST", f"/v1beta/{model_name}:generateContent",
+             '{"contents": [{"parts": [{"text": "LXIII"}]}]}')
+    )  # fmt: skip
+    candidate = answer["candidates"][0]
+    assert candidate["content"]["role"] == "model"
+    assert isinstance(candidate["content"]["parts"][0]["text"], str)
+    assert candidate["finishReason"] in ("STOP", "MAX_TOKENS")
+    assert "safetyRatings" not in candidate and "promptFeedback" not in answer
+    usage = answer["usageMetadata"]
+    assert usage["promptTokenCount"] > 0
+    assert usage["totalTokenCount"] == usage["promptTokenCount"] + usage["candidatesTokenCount"]
+
+
+def test_tutorial_python_requests_flow(server, token):
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "x-goog-user-project": "my-project",
+    }
+    body = {
+        "display_name": "number generator",
+        "base_model": "models/gemini-1.0-pro-001",
+        "tuning_task": {
+            "hyperparameters": {"batch_size": 4, "learning_rate": 0.001, "epoch_count": 5},
+            "training_data": {
+                "examples": {"examples": [{"text_input": i, "output": o} for i, o in EXAMPLES]}
+            },
+        },
+    }
+    operation = httpx.post(f"{server.url}/v1beta/tunedModels", headers=headers, json=body)
+    assert operation.status_code == 200
+    op_json = operation.json()
+    assert op_json["metadata"]["totalSteps"] == 19
+    name = op_json["metadata"]["tunedModel"]
+    while op_json.get("response") is None and op_json.get("error") is None:
+        time.sleep(0.2)
+        op_json = httpx.get(f"{server.url}/v1/{op_json['name']}", headers=headers).json()
+    assert op_json["metadata"]["snapshots"][-1]["step"] == 19
+    assert op_json["response"]["state"] == "ACTIVE"
+
+    answer = httpx.post(
+        f"{server.url}/v1beta/{name}:generateContent",
+        headers=headers,
+        json={"contents": [{"parts": [{"text": "六"}]}]},
+    )
+    assert answer.status_code == 200, answer.text
+
+    page = httpx.get(f"{server.url}/v1beta/tunedModels?page_size=1", headers=headers).json()
+    assert len(page["tunedModels"]) == 1 and page["nextPageToken"]
+    following = httpx.get(
+        f"{server.url}/v1beta/tunedModels",
+        headers=headers,
+        params={"page_size": 1, "page_token": page["nextPageToken"]},
+    ).json()
+    assert following["tunedModels"][0]["name"] != page["tunedModels"][0]["name"]
+
+    assert httpx.delete(f"{server.url}/v1beta/{name}", headers=headers).json() == {}
+    gone = httpx.get(f"{server.url}/v1beta/{name}", headers=headers)
+    assert gone.status_code == 404
+    assert gone.json()["error"] == {
+        "code": 404,
+        "message": f"Tuned model {name} does not exist.",
+        "status": "NOT_FOUND",
+    }

@@ -1,0 +1,118 @@
+"""Shared fixtures: a tiny random model for plumbing, and real servers on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from tiny_model import build_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "models/tiny-random"
+# Converted real base models survive between local runs here (CI starts empty).
+BASE_MODEL_CACHE = REPO / ".tunesmith-test-cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def tiny_env(tiny_dir: Path) -> dict[str, str]:
+    return {
+        "TUNESMITH_EXTRA_BASE_MODELS": json.dumps([{"name": TINY, "path": str(tiny_dir)}]),
+        "TUNESMITH_DEFAULT_BASE_MODEL": TINY,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    """`tunesmith serve` in a subprocess, as a user runs it."""
+
+    data_dir: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_key(self) -> str:
+        return (self.data_dir / "secrets" / "owner-api-key").read_text().strip()
+
+    def start(self, timeout: float = 300) -> LiveServer:
+        env = {
+            **os.environ,
+            "TUNESMITH_DATA_DIR": str(self.data_dir),
+            "TUNESMITH_PORT": str(self.port),
+            "TUNESMITH_WORKER_POLL_SECONDS": "0.2",
+            "TUNESMITH_BASE_MODEL_DIR": str(BASE_MODEL_CACHE),
+            **self.env,
+        }
+        log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tunesmith", "serve"], env=env, stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log()
+            try:
+                if httpx.get(f"{self.url}/v1beta/models", headers=self.headers()).is_success:
+                    return self
+            except (httpx.HTTPError, FileNotFoundError):
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(self.log())
+
+    def headers(self) -> dict[str, str]:
+        return {"x-goog-api-key": self.api_key}
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers(), timeout=120)
+
+    def log(self) -> str:
+        return (self.data_dir.parent / f"server-{self.port}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def wait_for_operation(client: httpx.Client, name: str, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        operation = client.get(f"/v1/{name}").json()
+        if operation.get("done"):
+            return operation
+        time.sleep(0.3)
+    raise TimeoutError(f"{name} did not finish")
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model_dir, tmp_path_factory) -> Iterator[LiveServer]:
+    """One shared server on the tiny random model, for compatibility tests."""
+    live = LiveServer(tmp_path_factory.mktemp("server") / "data", tiny_env(tiny_model_dir))
+    live.start()
+    yield live
+    live.stop()
