@@ -10,7 +10,7 @@ from pathlib import Path
 from conftest import LiveServer, tiny_env, wait_for_operation
 
 EXAMPLES = [{"textInput": f"in {n}", "output": f"out {n}"} for n in range(8)]
-STEPS = 8 * 120  # batch 1, 120 epochs
+STEPS = 8 * 40  # batch 1, 40 epochs
 
 
 def children(pid: int) -> list[int]:
@@ -45,17 +45,17 @@ def test_job_survives_killed_worker_and_killed_server(tiny_model_dir, tmp_path):
         body = {
             "baseModel": "models/tiny-random",
             "tuningTask": {
-                "hyperparameters": {"epochCount": 120, "batchSize": 1},
+                "hyperparameters": {"epochCount": 40, "batchSize": 1},
                 "trainingData": {"examples": {"examples": EXAMPLES}},
             },
         }
         name = client.post("/v1beta/tunedModels", json=body).json()["name"]
-        wait_for_steps(client, name, 50)
+        wait_for_steps(client, name, 30)
         (worker,) = children(first.process.pid)
         os.kill(worker, signal.SIGKILL)
         # The pool restarts the worker, which resumes from the checkpoint once the lease ends.
         before = client.get(f"/v1/{name}").json()["metadata"]["completedSteps"]
-        wait_for_steps(client, name, before + 20)
+        wait_for_steps(client, name, before + 10)
 
     os.kill(first.process.pid, signal.SIGKILL)
     time.sleep(3)  # the orphaned worker notices and hands its job back

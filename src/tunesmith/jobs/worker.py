@@ -30,7 +30,7 @@ from tunesmith.training.lora import Checkpoint, StepResult, train_lora
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 5  # a job that kills its worker this often is failed, not retried
 
 
 def adapter_dir(settings: Settings, tuned_model_id: str) -> Path:
@@ -102,7 +102,7 @@ class Worker:
         if job.cancel_requested:
             return self._finish(job, JobStatus.CANCELLED, CANCELLED_ERROR)
         if job.attempt > MAX_ATTEMPTS:
-            message = f"Tuning failed: its worker stopped {MAX_ATTEMPTS} times during the job."
+            message = f"Tuning failed: its worker died {MAX_ATTEMPTS} times during the job."
             return self._finish(job, JobStatus.FAILED, JobError(Code.INTERNAL.rpc_code, message))
         try:
             self._train(job, heartbeat)

@@ -364,7 +364,8 @@ class Repository:
         return bool(row.cancel_requested)
 
     def release_lease(self, operation_id: str, worker_id: str) -> None:
-        """Makes a running job claimable now (its worker is shutting down)."""
+        """Makes a running job claimable now (its worker is shutting down). A hand-back is
+        not a failed attempt, so it does not count towards the job's attempt limit."""
         with self._tx() as c:
             c.execute(
                 update(operations)
@@ -373,7 +374,7 @@ class Repository:
                     operations.c.worker_id == worker_id,
                     operations.c.status == JobStatus.RUNNING.value,
                 )
-                .values(lease_expires_at=utcnow())
+                .values(lease_expires_at=utcnow(), attempts=operations.c.attempts - 1)
             )
 
     def record_step(

@@ -1,0 +1,62 @@
+"""End to end on the real default base model: the tutorial's job really teaches the task."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import LiveServer, wait_for_operation
+
+TUTORIAL = [
+    ("1", "2"), ("3", "4"), ("-3", "-2"), ("twenty two", "twenty three"),
+    ("two hundred", "two hundred one"), ("ninety nine", "one hundred"), ("8", "9"),
+    ("-98", "-97"), ("1,000", "1,001"), ("10,100,000", "10,100,001"), ("thirteen", "fourteen"),
+    ("eighty", "eighty one"), ("one", "two"), ("three", "four"), ("seven", "eight"),
+]  # fmt: skip
+HELD_OUT = [
+    ("5", "6"), ("41", "42"), ("-10", "-9"), ("123", "124"), ("2,000", "2,001"),
+    ("six", "seven"), ("twenty", "twenty one"), ("forty five", "forty six"),
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tutorial_job_on_gemma_answers_the_task(tmp_path):
+    server = LiveServer(tmp_path / "data", {}).start(timeout=600)
+    try:
+        with server.client() as client:
+            body = {
+                "display_name": "number generator",
+                "base_model": "models/gemini-1.0-pro-001",
+                "tuning_task": {
+                    "hyperparameters": {"batch_size": 4, "learning_rate": 0.001, "epoch_count": 5},
+                    "training_data": {
+                        "examples": {
+                            "examples": [{"text_input": i, "output": o} for i, o in TUTORIAL]
+                        }
+                    },
+                },
+            }
+            operation = client.post("/v1beta/tunedModels", json=body).json()
+            assert operation["metadata"]["totalSteps"] == 19
+            done = wait_for_operation(client, operation["name"], timeout=600)
+            assert "error" not in done, done
+            losses = [s["meanLoss"] for s in done["metadata"]["snapshots"]]
+            assert sum(losses[-3:]) < sum(losses[:3])  # it learned
+            name = done["response"]["name"]
+
+            def answer(text: str) -> str:
+                reply = client.post(
+                    f"/v1beta/{name}:generateContent",
+                    json={
+                        "contents": [{"parts": [{"text": text}]}],
+                        "generationConfig": {"temperature": 0, "maxOutputTokens": 16},
+                    },
+                )
+                assert reply.status_code == 200, reply.text
+                return reply.json()["candidates"][0]["content"]["parts"][0]["text"].strip()
+
+            trained = sum(answer(i) == o for i, o in TUTORIAL)
+            held_out = sum(answer(i) == o for i, o in HELD_OUT)
+            assert trained >= 13, trained
+            assert held_out >= 5, held_out
+    finally:
+        server.stop()
