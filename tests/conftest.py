@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -59,7 +59,9 @@ def test_tune_poll_use_update_and_delete():
         "6", stream=True, generation_config={"max_output_tokens": 8, "temperature": 0}
     )
     text = "".join(chunk.text for chunk in streamed if chunk.candidates and chunk.parts)
-    whole = tuned.generate_content("6", generation_config={"max_output_tokens": 8, "temperature": 0})
+    whole = tuned.generate_content(
+        "6", generation_config={"max_output_tokens": 8, "temperature": 0}
+    )
     assert text == whole.candidates[0].content.parts[0].text
 
     child = genai.create_tuned_model(

@@ -11,9 +11,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from tests.tiny_model import build_tiny_model
 from tunesmith.domain.resources import Turn
-from tunesmith.serving.engine import Engine, Generation
+from tunesmith.serving.engine import Engine, Generation, _CandidateText
 from tunesmith.serving.sampling import SamplingParams
 from tunesmith.training.base_models import (
     BaseModelSpec,
@@ -52,8 +51,8 @@ class CountingLoader:
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory) -> BaseModelSpec:
-    folder = build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+def spec(tiny_model_dir: Path) -> BaseModelSpec:
+    """The tiny random Llama that conftest builds with tests/tiny_model.py."""
     return BaseModelSpec(
         name="models/tiny-llama",
         display_name="Tiny Llama",
@@ -65,7 +64,7 @@ def spec(tmp_path_factory) -> BaseModelSpec:
         temperature=1.0,
         top_p=0.95,
         top_k=64,
-        locate=lambda _scratch: Source(folder),
+        locate=lambda _scratch: Source(tiny_model_dir),
     )
 
 
@@ -95,7 +94,9 @@ def greedy_ids(reference) -> list[int]:
 @pytest.fixture(scope="module")
 def adapters(spec, cache_root, tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("adapters")
-    return [save_random_adapter(spec, cache_root, folder / f"adapter-{seed}", seed) for seed in (1, 2)]
+    return [
+        save_random_adapter(spec, cache_root, folder / f"adapter-{seed}", seed) for seed in (1, 2)
+    ]
 
 
 def save_random_adapter(spec: BaseModelSpec, cache_root: Path, dest: Path, seed: int) -> Path:
@@ -206,6 +207,26 @@ def test_stream_deltas_join_to_the_generated_text(engine, spec, params):
     assert streamed == texts(generation)
     assert finished == generation.candidates
     assert all(c.prompt_token_count == generation.prompt_token_count for c in chunks)
+
+
+def test_multi_byte_characters_stream_whole(reference):
+    text = "Grüße 😀 日本語, done"
+    ids = reference.tokenizer(text, add_special_tokens=False)["input_ids"]
+    candidate = _CandidateText(reference.tokenizer, ("語, x",))
+
+    deltas = [candidate.take(token, set(), cap=len(ids))[0] for token in ids]
+
+    assert any("\ufffd" in reference.tokenizer.decode([token]) for token in ids)  # split chars
+    assert not any("\ufffd" in delta for delta in deltas)
+    assert "".join(deltas) == text
+
+
+def test_a_closed_stream_frees_the_model(engine, spec):
+    chunks = engine.stream(spec, None, TURNS, GREEDY)
+    next(chunks)
+    chunks.close()
+
+    assert engine.generate(spec, None, TURNS, GREEDY).candidates
 
 
 def test_adapter_changes_output_and_base_stays_plain(engine, spec, adapters):

@@ -193,10 +193,9 @@ def _first_tokens(model, prompt: list[int], params: SamplingParams, generator: t
     """Runs the prompt once, copies its KV cache for every candidate, samples their first
     tokens."""
     ids = torch.tensor([prompt], device=model.device)
-    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    logits, cache = _last_logits(model, ids, None)
     cache.batch_repeat_interleave(params.candidate_count)
-    logits = out.logits[:, -1].expand(params.candidate_count, -1)
+    logits = logits.expand(params.candidate_count, -1)
     return next_tokens(logits, params, generator), cache
 
 
@@ -214,8 +213,22 @@ def _following_tokens(
         rows = torch.tensor(keep, device=tokens.device)
         cache.batch_select_indices(rows)
         tokens = tokens[rows]
-    out = model(input_ids=tokens[:, None], past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return next_tokens(out.logits[:, -1], params, generator)
+    logits, _ = _last_logits(model, tokens[:, None], cache)
+    return next_tokens(logits, params, generator)
+
+
+def _last_logits(model, ids: torch.Tensor, cache) -> tuple[torch.Tensor, object]:
+    """Logits (rows, vocab) of each row's last position, and the updated KV cache.
+
+    The output projection runs on a contiguous (rows, hidden) copy of the last hidden
+    states: transformers' `logits_to_keep=1` hands it a strided 3-D view, which sends a
+    bfloat16 CPU matmul down a path that copies the whole 262k-row weight (~1 s)."""
+    out = model.get_decoder()(input_ids=ids, past_key_values=cache, use_cache=True)
+    logits = model.get_output_embeddings()(out.last_hidden_state[:, -1].contiguous())
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits, out.past_key_values
 
 
 class _CandidateText:

@@ -95,7 +95,9 @@ def attach_lora(base: LoadedBaseModel, init_adapter: Path | None) -> PeftModel:
 
 
 def detach(model: PeftModel) -> None:
-    model.unload()
+    """Removes the LoRA layers and puts the shared base back in eval mode (model.train()
+    reached it, and unload does not undo that)."""
+    model.unload().eval()
 
 
 @dataclass(frozen=True)

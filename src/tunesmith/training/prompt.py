@@ -1,9 +1,9 @@
 """The one prompt template, shared by training and inference.
 
 A tuned model only answers well when it sees its input framed exactly as it was framed in
-training, so both sides call :func:`encode_prompt`. The frame is the base model's own chat
-turn markers when its tokenizer has them (short: a handful of tokens) and a plain newline
-otherwise. No system prompt is ever added: it would cost hundreds of tokens per example.
+training, so both sides call :func:`PromptCodec.encode_prompt`. The frame is the base
+model's own chat turn markers when its tokenizer ships a chat template (a handful of tokens)
+and a plain newline otherwise. No system prompt is ever added: it would cost hundreds of tokens per example.
 """
 
 from __future__ import annotations
@@ -83,8 +83,12 @@ class PromptCodec:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def encode_prompt(self, turns: Sequence[Turn]) -> list[int]:
-        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-        return bos + self._ids(self.format.render(turns))
+        ids = self._ids(self.format.render(turns))
+        bos = self.tokenizer.bos_token_id
+        # ChatML tokenizers use <|im_start|> as BOS: the first turn already begins with it.
+        if bos is None or (ids and ids[0] == bos):
+            return ids
+        return [bos, *ids]
 
     def encode_example(self, text_input: str, output: str) -> tuple[list[int], list[int]]:
         """(prompt ids, answer ids): the loss is taken on the answer ids only."""

@@ -55,6 +55,11 @@ def _documents(chunks: Iterator[StreamChunk], version: str) -> Iterator[dict]:
     except Exception:
         log.exception("generation failed mid-stream")
         yield status_body(ServiceError(Code.INTERNAL, "Internal error encountered."))
+    finally:
+        # A client that disconnects closes this generator; free the model at once.
+        close = getattr(chunks, "close", None)
+        if close:
+            close()
 
 
 def _sse(documents: Iterator[dict]) -> Iterator[str]:
