@@ -28,7 +28,7 @@ from tunesmith.domain.validation import (
     Violations,
     check_generation,
 )
-from tunesmith.jobs.worker import adapter_dir
+from tunesmith.jobs.worker import adapter_dir, trained_adapter
 from tunesmith.serving.engine import Engine, Generation, SamplingParams, StreamChunk
 from tunesmith.store.repository import Repository
 from tunesmith.training.base_models import Catalog, CatalogEntry
@@ -256,7 +256,11 @@ class TuningService:
                     f"Base model {model.base_model} of {model.name} is not installed.",
                 )
             defaults = (model.temperature, model.top_p, model.top_k)
-            adapter = adapter_dir(self.settings, model.id)
+            adapter = trained_adapter(self.settings, self.repo, model.id)
+            if adapter is None or not adapter.exists():
+                raise ServiceError(
+                    Code.FAILED_PRECONDITION, f"The adapter of {model.name} is missing."
+                )
         else:
             entry = self.base_model(base_id or "")
             defaults = (entry.temperature, entry.top_p, entry.top_k)

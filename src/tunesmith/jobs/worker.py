@@ -33,8 +33,17 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5  # a job that kills its worker this often is failed, not retried
 
 
-def adapter_dir(settings: Settings, tuned_model_id: str) -> Path:
-    return settings.adapters_dir / tuned_model_id
+def adapter_dir(settings: Settings, tuned_model_id: str, operation_id: str = "") -> Path:
+    """A tuned model's adapters, one folder per tuning operation: a reused tuned model id
+    never finds (or is served from a cache of) an older model's adapter."""
+    folder = settings.adapters_dir / tuned_model_id
+    return folder / operation_id if operation_id else folder
+
+
+def trained_adapter(settings: Settings, repo: Repository, tuned_model_id: str) -> Path | None:
+    """The adapter of a tuned model's last tuning operation."""
+    operations = repo.list_operations(tuned_model_id)
+    return adapter_dir(settings, tuned_model_id, operations[-1].id) if operations else None
 
 
 class Cancelled(Exception):
@@ -135,9 +144,10 @@ class Worker:
             self.repo.rewind(job.operation_id, self.worker_id, step)
 
         source = job.source_tuned_model
-        init = adapter_dir(self.settings, source.removeprefix("tunedModels/")) if source else None
-        final = adapter_dir(self.settings, job.tuned_model_id)
-        staging = final.with_name(f".{final.name}.{job.operation_id}.partial")
+        init = self.trained_adapter(source.removeprefix("tunedModels/")) if source else None
+        final = adapter_dir(self.settings, job.tuned_model_id, job.operation_id)
+        staging = final.with_name(f".{final.name}.partial")
+        final.parent.mkdir(parents=True, exist_ok=True)
         checkpoint = Checkpoint(self.settings.checkpoints_dir / f"{job.operation_id}.pt")
         train_lora(
             base,
@@ -153,6 +163,9 @@ class Worker:
         )
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
+
+    def trained_adapter(self, tuned_model_id: str) -> Path | None:
+        return trained_adapter(self.settings, self.repo, tuned_model_id)
 
     def _finish(self, job: ClaimedJob, status: JobStatus, error: JobError | None) -> None:
         self.repo.finish_job(job.operation_id, self.worker_id, status, error)
