@@ -145,3 +145,29 @@ def test_patch_with_old_sdk_body(server):
         assert patched["description"] == "d" and patched["displayName"] == "before"
         assert patched["state"] == "ACTIVE"
         client.delete("/v1beta/tunedModels/patch-me")
+
+
+def test_generation_does_not_block_other_requests(server):
+    """While a long generation runs, list requests are answered (ordering, not timing)."""
+    import threading
+
+    with server.client() as client:
+        body = {
+            "contents": [{"parts": [{"text": "go"}]}],
+            "generationConfig": {"maxOutputTokens": 500, "temperature": 1.0, "seed": 3},
+        }
+        reply: list[httpx.Response] = []
+        generating = threading.Thread(
+            target=lambda: reply.append(
+                client.post("/v1beta/models/tiny-random:generateContent", json=body)
+            )
+        )
+        generating.start()
+        answered_during = 0
+        for _ in range(20):
+            assert client.get("/v1beta/tunedModels").status_code == 200
+            answered_during += generating.is_alive()
+        generating.join()
+        assert reply[0].status_code == 200, reply[0].text
+        assert reply[0].json()["usageMetadata"]["candidatesTokenCount"] > 20
+        assert answered_during > 0
