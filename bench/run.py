@@ -1,0 +1,241 @@
+"""Benchmarks on the real default base model (Gemma 3 270M), each beside its baseline.
+
+    .venv/bin/python bench/run.py [--base-model-dir DIR] [--quick]
+
+(a) the Gemini tuning tutorial's job through a real `tunesmith serve` on loopback: wall time
+    from POST /v1beta/tunedModels to the tuned model being ACTIVE;
+(b) training throughput: Tunesmith's train_lora against a plain transformers Trainer + peft on
+    the same model, data, prompt encoding, LoRA config and hyperparameters, side by side;
+(c) generateContent latency (Engine.generate, greedy, 8 tokens) on the base model and on a
+    tuned adapter, and GET /v1beta/tunedModels latency while a job trains vs idle.
+
+--quick skips the server measurements ((a) and the API latency). Prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tunesmith.config import Settings
+from tunesmith.domain.resources import Hyperparameters, TuningExample, Turn
+from tunesmith.training import lora
+from tunesmith.training.base_models import Catalog, LoadedBaseModel, load_base_model
+
+REPO = Path(__file__).resolve().parents[1]
+THREADS = 2
+TUTORIAL = [
+    ("1", "2"), ("3", "4"), ("-3", "-2"), ("twenty two", "twenty three"),
+    ("two hundred", "two hundred one"), ("ninety nine", "one hundred"), ("8", "9"),
+    ("-98", "-97"), ("1,000", "1,001"), ("10,100,000", "10,100,001"), ("thirteen", "fourteen"),
+    ("eighty", "eighty one"), ("one", "two"), ("three", "four"), ("seven", "eight"),
+]  # fmt: skip
+HP = Hyperparameters(epoch_count=5, batch_size=4, learning_rate=0.001)
+
+
+def load(cache: Path) -> LoadedBaseModel:
+    """A fresh bf16 copy of the default base model, with one untimed forward pass."""
+    base = load_base_model(Catalog(Settings()).default, cache)
+    base.model.eval()
+    with torch.no_grad():
+        prompt, answer = base.codec.encode_example(*TUTORIAL[0])
+        base.model(input_ids=torch.tensor([prompt + answer]))
+    return base
+
+
+def tunesmith_training(base: LoadedBaseModel, workdir: Path) -> dict:
+    tokens = 0
+    losses: list[float] = []
+
+    def count(step: lora.StepResult) -> None:
+        nonlocal tokens
+        tokens += step.tokens
+        losses.append(step.mean_loss)
+
+    examples = [TuningExample(i, o) for i, o in TUTORIAL]
+    start = time.perf_counter()
+    lora.train_lora(
+        base, examples, HP, 0, workdir / "adapter", lora.Checkpoint(workdir / "ck.pt"),
+        on_step=count, checkpoint_interval=1e9,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "tokens": tokens, "steps": len(losses), "last": losses[-1]}
+
+
+def trainer_baseline(base: LoadedBaseModel, workdir: Path) -> dict:
+    """transformers Trainer + peft: the model's own loss, full-vocabulary logits everywhere."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    rows = []
+    for text_input, output in TUTORIAL:
+        prompt, answer = base.codec.encode_example(text_input, output)
+        rows.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer})
+    pad = base.tokenizer.pad_token_id or 0
+    seen = {"tokens": 0, "steps": 0}
+
+    def collate(batch):
+        width = max(len(r["input_ids"]) for r in batch)
+        ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in batch])
+        labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch])
+        mask = torch.tensor(
+            [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch]
+        )
+        seen["tokens"] += int(mask.sum())
+        seen["steps"] += 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    config = LoraConfig(
+        r=lora.LORA_RANK, lora_alpha=lora.LORA_ALPHA, target_modules=list(lora.LORA_TARGETS),
+        lora_dropout=0.0, task_type="CAUSAL_LM",
+    )  # fmt: skip
+    model = get_peft_model(base.model, config)
+    args = TrainingArguments(
+        output_dir=str(workdir / "trainer"), per_device_train_batch_size=HP.batch_size,
+        num_train_epochs=HP.epoch_count, learning_rate=HP.learning_rate, weight_decay=0.0,
+        optim="adamw_torch", lr_scheduler_type="constant", warmup_steps=0,
+        logging_strategy="no", save_strategy="no", report_to=[], use_cpu=True,
+        dataloader_num_workers=0, seed=0, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    model.unload().eval()
+    return {**seen, "seconds": seconds, "last": result.training_loss}
+
+
+def generation_latency(base: LoadedBaseModel, adapter: Path | None) -> float:
+    from tunesmith.serving.engine import Engine, SamplingParams
+
+    engine = Engine(lambda _spec: base, adapter_cache_size=2)
+    params = SamplingParams(temperature=0.0, top_p=1.0, top_k=0, max_output_tokens=8)
+    turns = [Turn("user", "twenty two")]
+    engine.generate(base.spec, adapter, turns, params)  # warm-up
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        engine.generate(base.spec, adapter, turns, params)
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs)
+
+
+def job_body() -> dict:
+    return {
+        "display_name": "number generator",
+        "base_model": "models/gemini-1.0-pro-001",
+        "tuning_task": {
+            "hyperparameters": {"batch_size": 4, "learning_rate": 0.001, "epoch_count": 5},
+            "training_data": {
+                "examples": {"examples": [{"text_input": i, "output": o} for i, o in TUTORIAL]}
+            },
+        },
+    }
+
+
+def timed_gets(client, count: int, pause: float = 0.05) -> list[float]:
+    runs = []
+    for _ in range(count):
+        start = time.perf_counter()
+        assert client.get("/v1beta/tunedModels").is_success
+        runs.append(time.perf_counter() - start)
+        time.sleep(pause)
+    return runs
+
+
+def server_measurements(cache: Path, workdir: Path) -> dict:
+    """(a) and the API latency, through `tunesmith serve` as tests/conftest.py starts it."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import LiveServer
+
+    env = {"TUNESMITH_BASE_MODEL_DIR": str(cache.resolve())}
+    server = LiveServer(workdir / "data", env)
+    (workdir / "data").mkdir(parents=True)
+    start = time.perf_counter()
+    server.start(timeout=600)
+    out: dict = {"startup": time.perf_counter() - start}
+    try:
+        with server.client() as client:
+            timed_gets(client, 1)
+            out["idle"] = statistics.median(timed_gets(client, 20))
+            for run in ("first", "second"):  # the first job loads the base model in the worker
+                start = time.perf_counter()
+                operation = client.post("/v1beta/tunedModels", json=job_body()).json()
+                while not (done := client.get(f"/v1/{operation['name']}").json()).get("done"):
+                    time.sleep(0.05)
+                out[run] = time.perf_counter() - start
+                assert "error" not in done, done
+                assert done["response"]["state"] == "ACTIVE", done["response"]
+            # Third job: GET /v1beta/tunedModels while the worker is training it.
+            operation = client.post("/v1beta/tunedModels", json=job_body()).json()
+            name = operation["name"]
+            while not client.get(f"/v1/{name}").json()["metadata"].get("completedSteps"):
+                time.sleep(0.05)
+            out["busy"] = statistics.median(timed_gets(client, 20))
+            out["busy_valid"] = not client.get(f"/v1/{name}").json().get("done")
+    finally:
+        server.stop()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base-model-dir", type=Path, default=REPO / ".tunesmith-test-cache")
+    parser.add_argument("--quick", action="store_true", help="skip the server measurements")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    rows: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        base = load(args.base_model_dir)
+        ours = tunesmith_training(base, work)
+        del base
+        gc.collect()
+        base = load(args.base_model_dir)  # clean base weights for the baseline
+        theirs = trainer_baseline(base, work)
+        del base
+        gc.collect()
+        base = load(args.base_model_dir)
+        gen_base = generation_latency(base, None)
+        gen_tuned = generation_latency(base, work / "adapter")
+        del base
+        gc.collect()
+        served = None if args.quick else server_measurements(args.base_model_dir, work / "srv")
+
+    def tps(r: dict) -> str:
+        return f"{r['tokens'] / r['seconds']:.0f}"
+
+    rows += [
+        "| Measurement | Tunesmith | Baseline | Baseline is |",
+        "|---|---|---|---|",
+        f"| (b) training wall time, tutorial job (s) | {ours['seconds']:.1f} | "
+        f"{theirs['seconds']:.1f} | transformers Trainer + peft, same data/LoRA/hp |",
+        f"| (b) trained tokens/s (non-padding) | {tps(ours)} | {tps(theirs)} | same |",
+        f"| (b) optimizer steps / trained tokens | {ours['steps']} / {ours['tokens']} | "
+        f"{theirs['steps']} / {theirs['tokens']} | same |",
+        f"| (b) final loss (last step / Trainer mean) | {ours['last']:.3f} | "
+        f"{theirs['last']:.3f} | same |",
+        f"| (c) generate, base model, 8 tokens greedy (median of 5, s) | {gen_base:.3f} | "
+        f"{gen_tuned:.3f} | same call on the tuned adapter |",
+    ]
+    if served:
+        rows += [
+            f"| (a) tutorial job POST to ACTIVE, first job (s) | {served['first']:.1f} | "
+            f"{served['second']:.1f} | a second identical job, base model already loaded |",
+            f"| (a) server start until it answers (s) | {served['startup']:.1f} | | |",
+            f"| (c) GET /v1beta/tunedModels while training (median of 20, ms) | "
+            f"{served['busy'] * 1000:.1f}{'' if served['busy_valid'] else ' (job ended early)'} | "
+            f"{served['idle'] * 1000:.1f} | the same call with the worker idle |",
+        ]
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
