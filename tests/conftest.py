@@ -19,6 +19,13 @@ from tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "models/tiny-random"
+# The 15 examples of the Gemini tuning tutorial (../shared/reference/tutorial-rest-flow.md).
+TUTORIAL_EXAMPLES = [
+    ("1", "2"), ("3", "4"), ("-3", "-2"), ("twenty two", "twenty three"),
+    ("two hundred", "two hundred one"), ("ninety nine", "one hundred"), ("8", "9"),
+    ("-98", "-97"), ("1,000", "1,001"), ("10,100,000", "10,100,001"), ("thirteen", "fourteen"),
+    ("eighty", "eighty one"), ("one", "two"), ("three", "four"), ("seven", "eight"),
+]  # fmt: skip
 # Converted real base models survive between local runs here (CI starts empty).
 BASE_MODEL_CACHE = REPO / ".tunesmith-test-cache"
 

@@ -12,13 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import TUTORIAL_EXAMPLES
+
 BODY = (Path(__file__).parent / "tutorial_create_body.json").read_text()
-EXAMPLES = [
-    ("1", "2"), ("3", "4"), ("-3", "-2"), ("twenty two", "twenty three"),
-    ("two hundred", "two hundred one"), ("ninety nine", "one hundred"), ("8", "9"),
-    ("-98", "-97"), ("1,000", "1,001"), ("10,100,000", "10,100,001"), ("thirteen", "fourteen"),
-    ("eighty", "eighty one"), ("one", "two"), ("three", "four"), ("seven", "eight"),
-]  # fmt: skip
 
 
 def access_token(server) -> str:
@@ -110,7 +106,9 @@ def test_tutorial_python_requests_flow(server, token):
         "tuning_task": {
             "hyperparameters": {"batch_size": 4, "learning_rate": 0.001, "epoch_count": 5},
             "training_data": {
-                "examples": {"examples": [{"text_input": i, "output": o} for i, o in EXAMPLES]}
+                "examples": {
+                    "examples": [{"text_input": i, "output": o} for i, o in TUTORIAL_EXAMPLES]
+                }
             },
         },
     }

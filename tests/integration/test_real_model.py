@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import LiveServer, wait_for_operation
+from conftest import TUTORIAL_EXAMPLES, LiveServer, wait_for_operation
 
-TUTORIAL = [
-    ("1", "2"), ("3", "4"), ("-3", "-2"), ("twenty two", "twenty three"),
-    ("two hundred", "two hundred one"), ("ninety nine", "one hundred"), ("8", "9"),
-    ("-98", "-97"), ("1,000", "1,001"), ("10,100,000", "10,100,001"), ("thirteen", "fourteen"),
-    ("eighty", "eighty one"), ("one", "two"), ("three", "four"), ("seven", "eight"),
-]  # fmt: skip
 HELD_OUT = [
     ("5", "6"), ("41", "42"), ("-10", "-9"), ("123", "124"), ("2,000", "2,001"),
     ("six", "seven"), ("twenty", "twenty one"), ("forty five", "forty six"),
@@ -30,7 +24,9 @@ def test_tutorial_job_on_gemma_answers_the_task(tmp_path):
                     "hyperparameters": {"batch_size": 4, "learning_rate": 0.001, "epoch_count": 5},
                     "training_data": {
                         "examples": {
-                            "examples": [{"text_input": i, "output": o} for i, o in TUTORIAL]
+                            "examples": [
+                                {"text_input": i, "output": o} for i, o in TUTORIAL_EXAMPLES
+                            ]
                         }
                     },
                 },
@@ -54,7 +50,7 @@ def test_tutorial_job_on_gemma_answers_the_task(tmp_path):
                 assert reply.status_code == 200, reply.text
                 return reply.json()["candidates"][0]["content"]["parts"][0]["text"].strip()
 
-            trained = sum(answer(i) == o for i, o in TUTORIAL)
+            trained = sum(answer(i) == o for i, o in TUTORIAL_EXAMPLES)
             held_out = sum(answer(i) == o for i, o in HELD_OUT)
             assert trained >= 13, trained
             assert held_out >= 5, held_out
