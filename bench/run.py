@@ -31,12 +31,9 @@ from tunesmith.training.base_models import Catalog, LoadedBaseModel, load_base_m
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS = 2
-TUTORIAL = [
-    ("1", "2"), ("3", "4"), ("-3", "-2"), ("twenty two", "twenty three"),
-    ("two hundred", "two hundred one"), ("ninety nine", "one hundred"), ("8", "9"),
-    ("-98", "-97"), ("1,000", "1,001"), ("10,100,000", "10,100,001"), ("thirteen", "fourteen"),
-    ("eighty", "eighty one"), ("one", "two"), ("three", "four"), ("seven", "eight"),
-]  # fmt: skip
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import TUTORIAL_EXAMPLES as TUTORIAL  # noqa: E402
+
 HP = Hyperparameters(epoch_count=5, batch_size=4, learning_rate=0.001)
 
 
@@ -152,7 +149,6 @@ def timed_gets(client, count: int, pause: float = 0.05) -> list[float]:
 
 def server_measurements(cache: Path, workdir: Path) -> dict:
     """(a) and the API latency, through `tunesmith serve` as tests/conftest.py starts it."""
-    sys.path.insert(0, str(REPO / "tests"))
     from conftest import LiveServer
 
     env = {"TUNESMITH_BASE_MODEL_DIR": str(cache.resolve())}

@@ -26,6 +26,17 @@ TUTORIAL_EXAMPLES = [
     ("-98", "-97"), ("1,000", "1,001"), ("10,100,000", "10,100,001"), ("thirteen", "fourteen"),
     ("eighty", "eighty one"), ("one", "two"), ("three", "four"), ("seven", "eight"),
 ]  # fmt: skip
+# The tutorial's python-requests create body (batch 4: 19 steps).
+TUTORIAL_REQUESTS_BODY = {
+    "display_name": "number generator",
+    "base_model": "models/gemini-1.0-pro-001",
+    "tuning_task": {
+        "hyperparameters": {"batch_size": 4, "learning_rate": 0.001, "epoch_count": 5},
+        "training_data": {
+            "examples": {"examples": [{"text_input": i, "output": o} for i, o in TUTORIAL_EXAMPLES]}
+        },
+    },
+}
 # Converted real base models survive between local runs here (CI starts empty).
 BASE_MODEL_CACHE = REPO / ".tunesmith-test-cache"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import TUTORIAL_EXAMPLES
+from conftest import TUTORIAL_REQUESTS_BODY
 
 BODY = (Path(__file__).parent / "tutorial_create_body.json").read_text()
 
@@ -100,18 +100,7 @@ def test_tutorial_python_requests_flow(server, token):
         "Content-Type": "application/json",
         "x-goog-user-project": "my-project",
     }
-    body = {
-        "display_name": "number generator",
-        "base_model": "models/gemini-1.0-pro-001",
-        "tuning_task": {
-            "hyperparameters": {"batch_size": 4, "learning_rate": 0.001, "epoch_count": 5},
-            "training_data": {
-                "examples": {
-                    "examples": [{"text_input": i, "output": o} for i, o in TUTORIAL_EXAMPLES]
-                }
-            },
-        },
-    }
+    body = TUTORIAL_REQUESTS_BODY
     operation = httpx.post(f"{server.url}/v1beta/tunedModels", headers=headers, json=body)
     assert operation.status_code == 200
     op_json = operation.json()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TUTORIAL_EXAMPLES, LiveServer, wait_for_operation
+from conftest import TUTORIAL_EXAMPLES, TUTORIAL_REQUESTS_BODY, LiveServer, wait_for_operation
 
 HELD_OUT = [
     ("5", "6"), ("41", "42"), ("-10", "-9"), ("123", "124"), ("2,000", "2,001"),
@@ -17,20 +17,7 @@ def test_tutorial_job_on_gemma_answers_the_task(tmp_path):
     server = LiveServer(tmp_path / "data", {}).start(timeout=600)
     try:
         with server.client() as client:
-            body = {
-                "display_name": "number generator",
-                "base_model": "models/gemini-1.0-pro-001",
-                "tuning_task": {
-                    "hyperparameters": {"batch_size": 4, "learning_rate": 0.001, "epoch_count": 5},
-                    "training_data": {
-                        "examples": {
-                            "examples": [
-                                {"text_input": i, "output": o} for i, o in TUTORIAL_EXAMPLES
-                            ]
-                        }
-                    },
-                },
-            }
+            body = TUTORIAL_REQUESTS_BODY
             operation = client.post("/v1beta/tunedModels", json=body).json()
             assert operation["metadata"]["totalSteps"] == 19
             done = wait_for_operation(client, operation["name"], timeout=600)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -265,7 +264,3 @@ def load_base_model(spec: BaseModelSpec, cache_root: Path, dtype: str = "bfloat1
     model.requires_grad_(False)
     codec = PromptCodec(tokenizer, detect_prompt_format(tokenizer))
     return LoadedBaseModel(spec, model, tokenizer, codec)
-
-
-def remove_cache(spec: BaseModelSpec, cache_root: Path) -> None:
-    shutil.rmtree(cache_root / spec.cache_key, ignore_errors=True)
