@@ -99,7 +99,7 @@ class TuningService:
 
     # ------------------------------------------------------------ tuned models
 
-    def create(self, request: CreateTunedModel, caller: Principal) -> Operation:
+    def create(self, caller: Principal, request: CreateTunedModel) -> Operation:
         base_name, defaults = self._source(request)
         n = len(request.examples)
         epochs = request.epoch_count or tuning.DEFAULT_EPOCH_COUNT
@@ -160,7 +160,7 @@ class TuningService:
             )
         return entry.name, (entry.temperature, entry.top_p, entry.top_k)
 
-    def get(self, model_id: str) -> TunedModel:
+    def get(self, caller: Principal, model_id: str) -> TunedModel:
         model = self.repo.get_tuned_model(model_id)
         if model is None:
             raise model_missing(model_id)
@@ -180,13 +180,13 @@ class TuningService:
         models, more = self.repo.list_tuned_models(page.offset, page.size, text, owner)
         return models, next_page_token(page, more, f"tunedModels?{text_filter}")
 
-    def update(self, model_id: str, change: TunedModelUpdate) -> TunedModel:
+    def update(self, caller: Principal, model_id: str, change: TunedModelUpdate) -> TunedModel:
         model = self.repo.update_tuned_model(model_id, change)
         if model is None:
             raise model_missing(model_id)
         return model
 
-    def delete(self, model_id: str) -> None:
+    def delete(self, caller: Principal, model_id: str) -> None:
         if not self.repo.delete_tuned_model(model_id):
             raise model_missing(model_id)
         shutil.rmtree(adapter_dir(self.settings, model_id), ignore_errors=True)
@@ -194,7 +194,7 @@ class TuningService:
     # ------------------------------------------------------------ operations
 
     def operation(
-        self, model_id: str, operation_id: str
+        self, caller: Principal, model_id: str, operation_id: str
     ) -> tuple[Operation, list[TuningSnapshot], TunedModel | None]:
         operation = self.repo.get_operation(model_id, operation_id)
         if operation is None:
@@ -205,8 +205,8 @@ class TuningService:
         model = self.repo.get_tuned_model(model_id) if operation.status.finished else None
         return operation, snapshots, model
 
-    def operations(self, model_id: str):
-        self.get(model_id)
+    def operations(self, caller: Principal, model_id: str):
+        self.get(caller, model_id)
         return [
             (
                 op,
@@ -216,9 +216,9 @@ class TuningService:
             for op in self.repo.list_operations(model_id)
         ]
 
-    def cancel(self, model_id: str, operation_id: str | None = None) -> None:
+    def cancel(self, caller: Principal, model_id: str, operation_id: str | None = None) -> None:
         if operation_id is None:
-            ops = self.repo.list_operations(self.get(model_id).id)
+            ops = self.repo.list_operations(self.get(caller, model_id).id)
             if not ops:
                 raise not_found(f"Tuned model tunedModels/{model_id} has no tuning operation.")
             operation_id = ops[-1].id
@@ -236,9 +236,11 @@ class TuningService:
 
     # ------------------------------------------------------------ generation
 
-    def _plan(self, model_id: str | None, base_id: str | None, request: GenerateRequest):
+    def _plan(
+        self, caller: Principal, model_id: str | None, base_id: str | None, request: GenerateRequest
+    ):
         if model_id is not None:
-            model = self.get(model_id)
+            model = self.get(caller, model_id)
             if model.state != TunedModelState.ACTIVE:
                 raise ServiceError(
                     Code.FAILED_PRECONDITION,
@@ -281,15 +283,15 @@ class TuningService:
         return entry.target, adapter, params
 
     def generate(
-        self, model_id: str | None, base_id: str | None, request: GenerateRequest
+        self, caller: Principal, model_id: str | None, base_id: str | None, request: GenerateRequest
     ) -> Generation:
-        spec, adapter, params = self._plan(model_id, base_id, request)
+        spec, adapter, params = self._plan(caller, model_id, base_id, request)
         return self.engine.generate(spec, adapter, request.turns, params)
 
     def stream(
-        self, model_id: str | None, base_id: str | None, request: GenerateRequest
+        self, caller: Principal, model_id: str | None, base_id: str | None, request: GenerateRequest
     ) -> Iterator[StreamChunk]:
-        spec, adapter, params = self._plan(model_id, base_id, request)
+        spec, adapter, params = self._plan(caller, model_id, base_id, request)
         return self.engine.stream(spec, adapter, request.turns, params)
 
     def count_tokens(self, base_id: str, request: GenerateRequest) -> int:

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from tunesmith.api import wire
-from tunesmith.api.auth import authenticate
+from tunesmith.api.auth import Principal, authenticate
 from tunesmith.api.errors import status_body
 from tunesmith.api.responses import dumps, json_response
 from tunesmith.api.routes.common import body, pretty
@@ -22,17 +22,23 @@ log = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(authenticate)])
 
 
-async def _generate(request: Request, model_id: str | None, base_id: str | None) -> Response:
+async def _generate(
+    request: Request, caller: Principal, model_id: str | None, base_id: str | None
+) -> Response:
     command = wire.decode_generate(await body(request))
     # Inference runs in a thread so the event loop keeps serving other requests.
-    generation = await run_in_threadpool(service(request).generate, model_id, base_id, command)
+    generation = await run_in_threadpool(
+        service(request).generate, caller, model_id, base_id, command
+    )
     version = f"tunedModels/{model_id}" if model_id else f"models/{base_id}"
     return json_response(wire.generation_json(generation, version), pretty=pretty(request))
 
 
-async def _stream(request: Request, model_id: str | None, base_id: str | None) -> Response:
+async def _stream(
+    request: Request, caller: Principal, model_id: str | None, base_id: str | None
+) -> Response:
     command = wire.decode_generate(await body(request))
-    chunks = await run_in_threadpool(service(request).stream, model_id, base_id, command)
+    chunks = await run_in_threadpool(service(request).stream, caller, model_id, base_id, command)
     version = f"tunedModels/{model_id}" if model_id else f"models/{base_id}"
     documents = _documents(chunks, version)
     if request.query_params.get("alt") == "sse":
@@ -77,23 +83,31 @@ def _json_array(documents: Iterator[dict]) -> Iterator[str]:
 
 
 @router.post("/tunedModels/{model_id}:generateContent")
-async def generate_tuned(request: Request, model_id: str) -> Response:
-    return await _generate(request, model_id, None)
+async def generate_tuned(
+    request: Request, model_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    return await _generate(request, caller, model_id, None)
 
 
 @router.post("/tunedModels/{model_id}:streamGenerateContent")
-async def stream_tuned(request: Request, model_id: str) -> Response:
-    return await _stream(request, model_id, None)
+async def stream_tuned(
+    request: Request, model_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    return await _stream(request, caller, model_id, None)
 
 
 @router.post("/models/{base_id}:generateContent")
-async def generate_base(request: Request, base_id: str) -> Response:
-    return await _generate(request, None, base_id)
+async def generate_base(
+    request: Request, base_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    return await _generate(request, caller, None, base_id)
 
 
 @router.post("/models/{base_id}:streamGenerateContent")
-async def stream_base(request: Request, base_id: str) -> Response:
-    return await _stream(request, None, base_id)
+async def stream_base(
+    request: Request, base_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    return await _stream(request, caller, None, base_id)
 
 
 @router.post("/models/{base_id}:countTokens")

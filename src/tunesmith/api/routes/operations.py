@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from tunesmith.api import wire
-from tunesmith.api.auth import authenticate
+from tunesmith.api.auth import Principal, authenticate
 from tunesmith.api.responses import json_response
 from tunesmith.api.routes.common import pretty
 from tunesmith.api.routes.tuned_models import service
@@ -15,19 +15,25 @@ router = APIRouter(dependencies=[Depends(authenticate)])
 
 
 @router.post("/tunedModels/{model_id}/operations/{operation_id}:cancel")
-def cancel_operation(request: Request, model_id: str, operation_id: str) -> Response:
-    service(request).cancel(model_id, operation_id)
+def cancel_operation(
+    request: Request, model_id: str, operation_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    service(request).cancel(caller, model_id, operation_id)
     return json_response({}, pretty=pretty(request))
 
 
 @router.get("/tunedModels/{model_id}/operations/{operation_id}")
-def get_operation(request: Request, model_id: str, operation_id: str) -> Response:
-    operation, snapshots, model = service(request).operation(model_id, operation_id)
+def get_operation(
+    request: Request, model_id: str, operation_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    operation, snapshots, model = service(request).operation(caller, model_id, operation_id)
     return json_response(wire.operation_json(operation, snapshots, model), pretty=pretty(request))
 
 
 @router.get("/tunedModels/{model_id}/operations")
-def list_operations(request: Request, model_id: str) -> Response:
-    found = service(request).operations(model_id)
+def list_operations(
+    request: Request, model_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    found = service(request).operations(caller, model_id)
     data = {"operations": [wire.operation_json(*item) for item in found]} if found else {}
     return json_response(data, pretty=pretty(request))

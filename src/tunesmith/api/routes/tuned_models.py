@@ -23,7 +23,7 @@ async def create_tuned_model(
     request: Request, caller: Principal = Depends(authenticate)
 ) -> Response:
     command = wire.decode_create(await body(request), query(request, "tunedModelId"))
-    operation = service(request).create(command, caller)
+    operation = service(request).create(caller, command)
     return json_response(wire.operation_json(operation, [], None), pretty=pretty(request))
 
 
@@ -44,27 +44,34 @@ def list_tuned_models(request: Request, caller: Principal = Depends(authenticate
 
 
 @router.post("/tunedModels/{model_id}:cancel")
-def cancel_tuning(request: Request, model_id: str) -> Response:
+def cancel_tuning(
+    request: Request, model_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
     """google-genai's tunings.cancel: cancels the model's tuning operation."""
-    service(request).cancel(model_id)
+    service(request).cancel(caller, model_id)
     return json_response({}, pretty=pretty(request))
 
 
 @router.get("/tunedModels/{model_id}")
-def get_tuned_model(request: Request, model_id: str) -> Response:
-    return json_response(
-        wire.tuned_model_json(service(request).get(model_id)), pretty=pretty(request)
-    )
+def get_tuned_model(
+    request: Request, model_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    model = service(request).get(caller, model_id)
+    return json_response(wire.tuned_model_json(model), pretty=pretty(request))
 
 
 @router.patch("/tunedModels/{model_id}")
-async def update_tuned_model(request: Request, model_id: str) -> Response:
+async def update_tuned_model(
+    request: Request, model_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
     change = wire.decode_update(await body(request), query(request, "updateMask"))
-    model = service(request).update(model_id, change)
+    model = service(request).update(caller, model_id, change)
     return json_response(wire.tuned_model_json(model), pretty=pretty(request))
 
 
 @router.delete("/tunedModels/{model_id}")
-def delete_tuned_model(request: Request, model_id: str) -> Response:
-    service(request).delete(model_id)
+def delete_tuned_model(
+    request: Request, model_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    service(request).delete(caller, model_id)
     return json_response({}, pretty=pretty(request))

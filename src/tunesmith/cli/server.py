@@ -1,4 +1,4 @@
-"""The `tunesmith` command: serve, worker, and credentials for the local server."""
+"""`tunesmith serve` and `tunesmith worker`: the server and its training workers."""
 
 from __future__ import annotations
 
@@ -12,28 +12,10 @@ import time
 
 import typer
 
-from tunesmith.config import Settings, get_settings
-
-app = typer.Typer(help="Tunesmith: self-hosted model tuning with the Gemini tuning API.")
-auth_app = typer.Typer(help="Credentials for the local server's owner.")
-base_models_app = typer.Typer(help="The base model catalog.")
-app.add_typer(auth_app, name="auth")
-app.add_typer(base_models_app, name="base-models")
+from tunesmith.cli.common import configure_logging, local_settings
+from tunesmith.config import Settings
 
 log = logging.getLogger("tunesmith")
-
-
-def _logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("TUNESMITH_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
-    )
-
-
-def _settings(**overrides) -> Settings:
-    settings = get_settings()
-    updates = {k: v for k, v in overrides.items() if v is not None}
-    return settings.model_copy(update=updates) if updates else settings
 
 
 def _worker_env(settings: Settings) -> dict[str, str]:
@@ -80,7 +62,6 @@ class WorkerPool:
                 process.kill()
 
 
-@app.command()
 def serve(
     host: str | None = typer.Option(None, help="Address to listen on [default: 127.0.0.1]"),
     port: int | None = typer.Option(None, help="Port [default: 8080]"),
@@ -92,8 +73,8 @@ def serve(
     from tunesmith.api.app import create_app
     from tunesmith.training.base_models import Catalog, ensure_cached
 
-    _logging()
-    settings = _settings(host=host, port=port, workers=workers)
+    configure_logging()
+    settings = local_settings(host=host, port=port, workers=workers)
     application = create_app(settings)
     default = Catalog(settings).default
     log.info("preparing base model %s", default.name)
@@ -122,7 +103,6 @@ def _exit_with(supervisor: int) -> None:
     threading.Thread(target=watch, daemon=True, name="supervisor-watch").start()
 
 
-@app.command()
 def worker(
     supervisor: int = typer.Option(0, help="Exit when this parent process is gone"),
 ) -> None:
@@ -134,8 +114,8 @@ def worker(
     from tunesmith.store.repository import Repository
     from tunesmith.training.base_models import Catalog
 
-    _logging()
-    settings = _settings()
+    configure_logging()
+    settings = local_settings()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     engine = make_engine(settings.sqlalchemy_url)
@@ -150,48 +130,3 @@ def worker(
     if supervisor:
         _exit_with(supervisor)
     Worker(settings, Repository(engine), Catalog(settings)).run_forever(stop)
-
-
-@auth_app.command("print-api-key")
-def print_api_key() -> None:
-    """Print the owner's API key (what the SDKs take as api_key)."""
-    typer.echo(_credentials().owner_api_key())
-
-
-@auth_app.command("print-access-token")
-def print_access_token(
-    ttl: int = typer.Option(3600, help="Seconds until the token expires"),
-) -> None:
-    """Print a signed, expiring access token for the owner (Authorization: Bearer ...)."""
-    typer.echo(_credentials().issue_access_token(ttl=ttl))
-
-
-def _credentials():
-    from tunesmith.api.auth import Credentials
-    from tunesmith.store.db import make_engine, migrate
-    from tunesmith.store.repository import Repository
-
-    settings = _settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.sqlalchemy_url)
-    migrate(engine)
-    credentials = Credentials(settings, Repository(engine))
-    credentials.bootstrap()
-    return credentials
-
-
-@base_models_app.command("prepare")
-def prepare(
-    name: str = typer.Argument("", help="Catalog name; default: the default model"),
-) -> None:
-    """Convert a base model's GGUF into the safetensors cache now, not on first use."""
-    from tunesmith.training.base_models import Catalog, ensure_cached
-
-    _logging()
-    settings = _settings()
-    catalog = Catalog(settings)
-    entry = catalog.get(name) if name else None
-    if name and entry is None:
-        raise typer.BadParameter(f"unknown base model {name}")
-    spec = entry.target if entry else catalog.default
-    typer.echo(ensure_cached(spec, settings.base_model_cache_dir))

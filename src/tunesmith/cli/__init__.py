@@ -1,0 +1,18 @@
+"""The `tunesmith` command. Each group of subcommands lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from tunesmith.cli.admin import auth_app
+from tunesmith.cli.base_models import base_models_app
+from tunesmith.cli.server import serve, worker
+
+app = typer.Typer(
+    help="Tunesmith: self-hosted model tuning with the Gemini tuning API.",
+    no_args_is_help=True,
+)
+app.command()(serve)
+app.command()(worker)
+app.add_typer(auth_app, name="auth")
+app.add_typer(base_models_app, name="base-models")
