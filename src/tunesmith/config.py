@@ -80,6 +80,25 @@ class Settings(BaseSettings):
     torch_threads: int = 0  # 0: torch's own default
     access_token_ttl_seconds: int = 3600
 
+    # Quotas; 0 turns one off.
+    quota_tuned_models_per_project: int = 100
+    quota_concurrent_jobs_per_project: int = 4
+    quota_examples_per_job: int = 10_000
+    quota_requests_per_minute: int = 600  # per principal
+
+    # Access tokens from an external OpenID Connect provider (off while oidc_issuer is empty).
+    oidc_issuer: str = ""
+    oidc_jwks_url: str = ""
+    oidc_audience: str = ""
+
+    # What the client commands (tune, models, generate, ...) talk to.
+    server_url: str = ""  # empty: http://{host}:{port}
+    api_key: str = ""  # empty: the owner's key from the local data dir
+
+    @property
+    def client_base_url(self) -> str:
+        return self.server_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
     @property
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'tunesmith.db'}"

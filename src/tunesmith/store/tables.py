@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -37,12 +38,38 @@ class UTCDateTime(TypeDecorator):
 
 metadata = MetaData()
 
+# Users and groups share one email namespace; `kind` tells them apart.
 principals = Table(
     "principals",
     metadata,
     Column("id", String(64), primary_key=True),
     Column("email", String(320), nullable=False, unique=True),
     Column("create_time", UTCDateTime, nullable=False),
+    Column("kind", String(8), nullable=False, default="user"),
+    Column("display_name", String(200), nullable=False, default=""),
+    Column("default_project", BigInteger),  # users only
+)
+
+group_members = Table(
+    "group_members",
+    metadata,
+    Column("group_id", String(64), ForeignKey("principals.id"), primary_key=True),
+    Column("member_id", String(64), ForeignKey("principals.id"), primary_key=True),
+)
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("number", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("create_time", UTCDateTime, nullable=False),
+)
+
+project_members = Table(
+    "project_members",
+    metadata,
+    Column("project_number", BigInteger, ForeignKey("projects.number"), primary_key=True),
+    Column("principal_id", String(64), ForeignKey("principals.id"), primary_key=True),
 )
 
 api_keys = Table(
@@ -52,6 +79,21 @@ api_keys = Table(
     Column("principal_id", String(64), ForeignKey("principals.id"), nullable=False),
     Column("create_time", UTCDateTime, nullable=False),
     Column("revoked", Boolean, nullable=False, default=False),
+    Column("key_id", String(32), unique=True),  # public handle, for listing and revoking
+    Column("display_name", String(200), nullable=False, default=""),
+    Column("project_number", BigInteger),  # requests with this key are billed here
+)
+
+# Grants on tuned models. The owner is a row too (role OWNER), kept beside tuned_models.owner_id.
+permissions = Table(
+    "permissions",
+    metadata,
+    Column("tuned_model_id", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("grantee_type", Integer, nullable=False),
+    Column("email", String(320), index=True),  # empty for EVERYONE
+    Column("role", Integer, nullable=False),
+    Column("create_time", UTCDateTime, nullable=False),
 )
 
 tuned_models = Table(
@@ -75,6 +117,7 @@ tuned_models = Table(
     Column("update_time", UTCDateTime, nullable=False),
     Column("start_time", UTCDateTime),
     Column("complete_time", UTCDateTime),
+    Column("project_number", BigInteger),  # the project its creation was billed to
 )
 Index("ix_tuned_models_create_time", tuned_models.c.create_time)
 
@@ -98,6 +141,8 @@ operations = Table(
     Column("error_message", Text),
     Column("create_time", UTCDateTime, nullable=False),
     Column("update_time", UTCDateTime, nullable=False),
+    Column("project_number", BigInteger),
+    Column("trained_tokens", BigInteger, nullable=False, default=0),  # tokens through training
 )
 
 snapshots = Table(
