@@ -2,7 +2,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tunesmith.domain.access import ListScope, Principal
 from tunesmith.domain.errors import Code, ServiceError
+from tunesmith.domain.quotas import ProjectQuota
 from tunesmith.domain.resources import (
     CANCELLED_ERROR,
     Hyperparameters,
@@ -16,6 +18,7 @@ from tunesmith.store.db import make_engine, migrate
 from tunesmith.store.repository import LeaseLost, Repository
 
 EXAMPLES = [TuningExample("1", "2"), TuningExample("3", "4")]
+OWNER = Principal("owner", "owner@localhost")
 
 
 @pytest.fixture
@@ -35,7 +38,9 @@ def add_model(repo: Repository, model_id: str = "m1", op: str = "op1") -> None:
         top_p=0.9, top_k=10, state=TunedModelState.CREATING, create_time=now, update_time=now,
         hyperparameters=Hyperparameters(2, 1, 0.001), owner_id="owner",
     )  # fmt: skip
-    repo.create_tuned_model(model, op, EXAMPLES, seed=7, total_steps=4)
+    repo.create_tuned_model(
+        model, op, EXAMPLES, seed=7, total_steps=4, owner_email=OWNER.email, quota=ProjectQuota()
+    )
 
 
 def snapshot(step: int) -> TuningSnapshot:
@@ -117,11 +122,11 @@ def test_delete_takes_operations_and_snapshots(repo):
 def test_list_pages_and_text_filter(repo):
     for i in range(3):
         add_model(repo, f"m{i}", f"op{i}")
-    page, more = repo.list_tuned_models(0, 2)
+    page, more = repo.list_tuned_models(0, 2, ListScope(OWNER))
     assert [m.id for m in page] == ["m0", "m1"] and more
-    page, more = repo.list_tuned_models(2, 2)
+    page, more = repo.list_tuned_models(2, 2, ListScope(OWNER))
     assert [m.id for m in page] == ["m2"] and not more
-    assert repo.list_tuned_models(0, 10, "nothing")[0] == []
+    assert repo.list_tuned_models(0, 10, ListScope(OWNER), "nothing")[0] == []
 
 
 def test_timestamps_come_back_aware(repo):

@@ -9,9 +9,11 @@ from fastapi import FastAPI
 
 from tunesmith.api import errors
 from tunesmith.api.auth import Credentials
-from tunesmith.api.routes import generate, models, operations, tuned_models
+from tunesmith.api.routes import generate, models, operations, permissions, tuned_models
 from tunesmith.api.service import TuningService
+from tunesmith.api.sharing import SharingService
 from tunesmith.config import Settings
+from tunesmith.domain.quotas import RateLimiter
 from tunesmith.serving.engine import Engine
 from tunesmith.store.db import make_engine, migrate
 from tunesmith.store.repository import Repository
@@ -22,7 +24,7 @@ VERSIONS = ("/v1beta", "/v1")
 
 
 def create_app(settings: Settings) -> FastAPI:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = make_engine(settings.sqlalchemy_url)
     migrate(engine)
     repo = Repository(engine)
@@ -49,9 +51,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.credentials = credentials
     app.state.service = TuningService(settings, repo, catalog, inference)
+    app.state.sharing = SharingService(repo)
+    app.state.rate_limiter = RateLimiter(settings.quota_requests_per_minute)
     errors.install(app)
     # Routes with a ':verb' suffix come before the plain ones that would also match them.
     for prefix in VERSIONS:
-        for module in (generate, operations, tuned_models, models):
+        for module in (generate, permissions, operations, tuned_models, models):
             app.include_router(module.router, prefix=prefix)
     return app

@@ -1,8 +1,9 @@
-"""Who is calling: API keys and signed access tokens. Every request's check is here.
+"""Who is calling. Every request's credentials are checked here, and nowhere else.
 
-On first start the data dir gets an owner principal, its API key (the database keeps only
-its hash; the key itself is written once to an owner-only file so the CLI can print it)
-and the key that signs access tokens.
+Credentials are API keys (stored only as hashes), access tokens this server signs, and,
+when configured, access tokens from an external OpenID Connect provider. On first start
+the data dir gets an owner user, its API key (written once to an owner-only file so the
+CLI can print it) and the key that signs access tokens.
 """
 
 from __future__ import annotations
@@ -11,20 +12,23 @@ import hashlib
 import os
 import secrets
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
 from fastapi import Request
 
 from tunesmith.config import Settings
+from tunesmith.domain.access import SCOPE_PREFIX, TUNING_SCOPE, Principal
 from tunesmith.domain.errors import Code, ServiceError
+from tunesmith.domain.quotas import RateLimiter
 from tunesmith.store.repository import Repository
+
+__all__ = ["Credentials", "Principal", "authenticate"]
 
 OWNER_ID = "owner"
 OWNER_EMAIL = "owner@localhost"
-TUNING_SCOPE = "https://www.googleapis.com/auth/generative-language.tuning"
 ISSUER = "tunesmith"
+KEY_PREFIX = "ts-"
 
 
 def no_credentials() -> ServiceError:
@@ -53,26 +57,51 @@ def bad_token() -> ServiceError:
     )
 
 
-@dataclass(frozen=True)
-class Principal:
-    id: str
-    email: str
+def unknown_identity(email: str) -> ServiceError:
+    return ServiceError(
+        Code.PERMISSION_DENIED,
+        f"The identity provider vouched for {email or 'a caller without an email'}, "
+        "who is not a Tunesmith user. An admin adds users with `tunesmith users create`.",
+        reason="USER_NOT_REGISTERED",
+    )
+
+
+def project_denied(project: str) -> ServiceError:
+    return ServiceError(
+        Code.PERMISSION_DENIED,
+        f"Caller does not have required permission to use project {project}. An admin can "
+        f"add the caller with `tunesmith projects add-member {project} EMAIL`.",
+        reason="USER_PROJECT_DENIED",
+    )
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _write_secret(path: Path, value: str) -> None:
+def new_api_key() -> tuple[str, str]:
+    """A key id (shown in lists, used to revoke) and the secret key itself."""
+    return secrets.token_hex(6), KEY_PREFIX + secrets.token_urlsafe(30)
+
+
+def write_secret(path: Path, value: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(value)
 
 
+def normalize_scopes(claim: str | list[str] | None) -> frozenset[str]:
+    """Space-separated or listed scopes; short names (`generative-language.tuning`) get the
+    googleapis prefix, so an identity provider may use either."""
+    names = claim.split() if isinstance(claim, str) else list(claim or [])
+    return frozenset(n if n.startswith("https://") else SCOPE_PREFIX + n for n in names)
+
+
 class Credentials:
     def __init__(self, settings: Settings, repo: Repository) -> None:
         self.settings, self.repo = settings, repo
+        self._jwks: jwt.PyJWKClient | None = None
 
     @property
     def owner_key_path(self) -> Path:
@@ -83,16 +112,23 @@ class Credentials:
         return self.settings.secrets_dir / "token-signing-key"
 
     def bootstrap(self) -> bool:
-        """Creates the owner, its API key and the signing key if missing; True if it did."""
+        """Creates the owner user, its project and API key, and the signing key, where
+        missing; True if it created any."""
         self.repo.ensure_principal(OWNER_ID, OWNER_EMAIL)
+        owner = self.repo.account(OWNER_ID)
+        assert owner is not None
         created = False
+        if owner.default_project is None:
+            self.repo.set_default_project(OWNER_ID, new_project_number(), "user-owner")
+            owner = self.repo.account(OWNER_ID)
+            assert owner is not None
         if not self.signing_key_path.exists():
-            _write_secret(self.signing_key_path, secrets.token_urlsafe(48))
+            write_secret(self.signing_key_path, secrets.token_urlsafe(48))
             created = True
         if not self.owner_key_path.exists():
-            key = "ts-" + secrets.token_urlsafe(30)
-            self.repo.add_api_key(OWNER_ID, hash_key(key))
-            _write_secret(self.owner_key_path, key)
+            key_id, key = new_api_key()
+            self.repo.add_api_key(OWNER_ID, hash_key(key), key_id, owner.default_project, "owner")
+            write_secret(self.owner_key_path, key)
             created = True
         return created
 
@@ -102,45 +138,107 @@ class Credentials:
     def _signing_key(self) -> str:
         return self.signing_key_path.read_text().strip()
 
-    def issue_access_token(self, principal_id: str = OWNER_ID, ttl: int | None = None) -> str:
+    def issue_access_token(
+        self, principal_id: str, scopes: list[str] | None = None, ttl: int | None = None
+    ) -> str:
         now = int(time.time())
         claims = {
             "iss": ISSUER,
             "sub": principal_id,
-            "scope": TUNING_SCOPE,
+            "scope": " ".join(scopes or [TUNING_SCOPE]),
             "iat": now,
             "exp": now + (ttl or self.settings.access_token_ttl_seconds),
         }
         return jwt.encode(claims, self._signing_key(), algorithm="HS256")
 
-    def from_api_key(self, key: str) -> Principal:
-        found = self.repo.principal_for_key(hash_key(key))
+    # ------------------------------------------------------------ verification
+
+    def from_api_key(self, key: str) -> tuple[str, frozenset[str] | None, int | None]:
+        found = self.repo.identity_for_key(hash_key(key))
         if found is None:
             raise bad_api_key()
-        return Principal(*found)
+        principal_id, project = found
+        return principal_id, None, project
 
-    def from_access_token(self, token: str) -> Principal:
+    def from_access_token(self, token: str) -> tuple[str, frozenset[str] | None, int | None]:
+        try:
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as error:
+            raise bad_token() from error
+        if self.settings.oidc_issuer and unverified.get("iss") == self.settings.oidc_issuer:
+            return self._from_oidc_token(token)
         try:
             claims = jwt.decode(token, self._signing_key(), algorithms=["HS256"], issuer=ISSUER)
         except jwt.PyJWTError as error:
             raise bad_token() from error
-        found = self.repo.principal(str(claims.get("sub")))
-        if found is None:
-            raise bad_token()
-        return Principal(*found)
+        return str(claims.get("sub")), normalize_scopes(claims.get("scope")), None
+
+    def _from_oidc_token(self, token: str) -> tuple[str, frozenset[str] | None, int | None]:
+        """A token from the configured OpenID Connect provider, checked against its JWKS;
+        its `email` claim must name a Tunesmith user."""
+        if self._jwks is None:
+            self._jwks = jwt.PyJWKClient(self.settings.oidc_jwks_url, cache_keys=True)
+        try:
+            signing_key = self._jwks.get_signing_key_from_jwt(token)
+            claims = jwt.decode(
+                token,
+                signing_key.key,
+                algorithms=["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"],
+                issuer=self.settings.oidc_issuer,
+                audience=self.settings.oidc_audience or None,
+                options={"verify_aud": bool(self.settings.oidc_audience)},
+            )
+        except jwt.PyJWTError as error:
+            raise bad_token() from error
+        email = str(claims.get("email", "")).lower()
+        account = self.repo.account(email) if email else None
+        if account is None or account.kind != "user" or claims.get("email_verified") is False:
+            raise unknown_identity(email)
+        return account.id, normalize_scopes(claims.get("scope") or claims.get("scp")), None
+
+    def principal(
+        self,
+        principal_id: str,
+        scopes: frozenset[str] | None,
+        key_project: int | None,
+        requested_project: str | None,
+    ) -> Principal:
+        """The caller with its groups and projects, billed to the project it asked for (it
+        must be a member), else its key's project, else its own."""
+        found = self.repo.membership(principal_id)
+        if found is None or found[0].kind != "user":
+            raise bad_token() if scopes is not None else bad_api_key()
+        account, groups, projects = found
+        project = key_project or account.default_project
+        if requested_project:
+            resolved = self.repo.project(requested_project)
+            if resolved is None or resolved[0] not in projects:
+                raise project_denied(requested_project)
+            project = resolved[0]
+        return Principal(account.id, account.email, scopes, project, groups, projects)
+
+
+def new_project_number() -> int:
+    """Twelve digits, like a Google Cloud project number."""
+    return 100_000_000_000 + secrets.randbelow(900_000_000_000)
 
 
 def authenticate(request: Request) -> Principal:
     """FastAPI dependency: the calling principal, or the hosted service's error for the
-    kind of credential that failed."""
+    kind of credential that failed. Also where the per-principal request rate is held."""
     credentials: Credentials = request.app.state.credentials
     key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
-    if key:
-        return credentials.from_api_key(key)
     authorization = request.headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return credentials.from_access_token(token.strip())
-    if token := request.query_params.get("access_token"):
-        return credentials.from_access_token(token)
-    raise no_credentials()
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    token = token or request.query_params.get("access_token", "")
+    if key:
+        identity = credentials.from_api_key(key)
+    elif token:
+        identity = credentials.from_access_token(token)
+    else:
+        raise no_credentials()
+    principal = credentials.principal(*identity, request.headers.get("x-goog-user-project"))
+    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter.admit(principal.id)
+    return principal

@@ -38,6 +38,23 @@ def status_body(error: ServiceError) -> dict[str, Any]:
                 "metadata": {"service": SERVICE},
             }
         )
+    if error.quota_violations:
+        details.append(
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {"subject": q.subject, "description": q.description}
+                    for q in error.quota_violations
+                ],
+            }
+        )
+    if error.retry_delay is not None:
+        details.append(
+            {
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": f"{max(error.retry_delay, 0.0):.3f}s",
+            }
+        )
     body: dict[str, Any] = {
         "code": error.code.http_status,
         "message": error.message,

@@ -6,14 +6,24 @@ import base64
 import json
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from tunesmith.api.auth import Principal
 from tunesmith.config import Settings
 from tunesmith.domain import names, tuning
+from tunesmith.domain.access import (
+    AccessFacts,
+    Action,
+    ListScope,
+    Principal,
+    Role,
+    authorize,
+    require_scope,
+)
 from tunesmith.domain.errors import Code, FieldViolation, ServiceError, invalid, not_found
+from tunesmith.domain.quotas import ProjectQuota, check_examples
 from tunesmith.domain.resources import (
     Hyperparameters,
     Operation,
@@ -34,11 +44,25 @@ from tunesmith.store.repository import Repository
 from tunesmith.training.base_models import Catalog, CatalogEntry
 
 MAX_PAGE = 1000
-FILTER_OPERATORS = ("owner:me", "writers:me", "readers:me", "readers:everyone")
+FILTER_ROLES = {"owner:me": Role.OWNER, "writers:me": Role.WRITER, "readers:me": Role.READER}
+EVERYONE_FILTER = "readers:everyone"
 
 
 def model_missing(model_id: str) -> ServiceError:
     return not_found(f"Tuned model tunedModels/{model_id} does not exist.")
+
+
+def authorize_model(
+    repo: Repository, caller: Principal, model_id: str, action: Action
+) -> AccessFacts:
+    """The model's access facts if the caller may do `action` to it; 404 if it does not
+    exist, the hosted service's 403 if the caller may not."""
+    require_scope(caller, action.read_only)
+    facts = repo.access_facts(model_id)
+    if facts is None:
+        raise model_missing(model_id)
+    authorize(caller, f"tunedModels/{model_id}", facts, action)
+    return facts
 
 
 @dataclass(frozen=True)
@@ -78,8 +102,17 @@ class TuningService:
         self, settings: Settings, repo: Repository, catalog: Catalog, engine: Engine
     ) -> None:
         self.settings, self.repo, self.catalog, self.engine = settings, repo, catalog, engine
+        self.quota = ProjectQuota(
+            settings.quota_tuned_models_per_project, settings.quota_concurrent_jobs_per_project
+        )
+        # Serialises create's quota count and insert within this server process.
+        self._create_lock = threading.Lock()
 
     # ------------------------------------------------------------ base models
+
+    def get_base_model(self, caller: Principal, model_id: str) -> CatalogEntry:
+        require_scope(caller, read_only=True)
+        return self.base_model(model_id)
 
     def base_model(self, model_id: str) -> CatalogEntry:
         entry = self.catalog.get(f"models/{model_id}")
@@ -91,7 +124,8 @@ class TuningService:
             )
         return entry
 
-    def list_base_models(self, page: Page) -> tuple[list[CatalogEntry], bool]:
+    def list_base_models(self, caller: Principal, page: Page) -> tuple[list[CatalogEntry], bool]:
+        require_scope(caller, read_only=True)
         entries = self.catalog.list()
         return entries[page.offset : page.offset + page.size], len(
             entries
@@ -100,7 +134,9 @@ class TuningService:
     # ------------------------------------------------------------ tuned models
 
     def create(self, caller: Principal, request: CreateTunedModel) -> Operation:
-        base_name, defaults = self._source(request)
+        require_scope(caller, read_only=False)
+        check_examples(len(request.examples), self.settings.quota_examples_per_job)
+        base_name, defaults = self._source(caller, request)
         n = len(request.examples)
         epochs = request.epoch_count or tuning.DEFAULT_EPOCH_COUNT
         batch = request.batch_size or tuning.default_batch_size(n)
@@ -122,22 +158,26 @@ class TuningService:
             hyperparameters=Hyperparameters(epochs, batch, rate),
             owner_id=caller.id,
             source_tuned_model=request.source_tuned_model,
+            reader_project_numbers=request.reader_project_numbers,
+            project_number=caller.project_number,
         )
         steps = tuning.total_steps(n, epochs, batch)
         operation_id = names.operation_id()
         seed = secrets.randbelow(2**31)
-        self.repo.create_tuned_model(model, operation_id, request.examples, seed, steps)
+        with self._create_lock:
+            self.repo.create_tuned_model(
+                model, operation_id, request.examples, seed, steps, caller.email, self.quota
+            )
         operation = self.repo.get_operation(model.id, operation_id)
         assert operation is not None
         return operation
 
-    def _source(self, request: CreateTunedModel) -> tuple[str, tuple[float, float, int]]:
+    def _source(
+        self, caller: Principal, request: CreateTunedModel
+    ) -> tuple[str, tuple[float, float, int]]:
         """The base model name and the sampling defaults the new model inherits."""
         if request.source_tuned_model:
-            source_id = request.source_tuned_model.removeprefix("tunedModels/")
-            source = self.repo.get_tuned_model(source_id)
-            if source is None:
-                raise model_missing(source_id)
+            source = self.get(caller, request.source_tuned_model.removeprefix("tunedModels/"))
             if source.state != TunedModelState.ACTIVE:
                 raise ServiceError(
                     Code.FAILED_PRECONDITION,
@@ -161,6 +201,7 @@ class TuningService:
         return entry.name, (entry.temperature, entry.top_p, entry.top_k)
 
     def get(self, caller: Principal, model_id: str) -> TunedModel:
+        authorize_model(self.repo, caller, model_id, Action.READ)
         model = self.repo.get_tuned_model(model_id)
         if model is None:
             raise model_missing(model_id)
@@ -169,24 +210,27 @@ class TuningService:
     def list(
         self, caller: Principal, page_size: int | None, page_token: str | None, text_filter: str
     ) -> tuple[list[TunedModel], str | None]:
+        """Models the caller may read, less those shared only with everyone; the filter's
+        operators narrow that (reference §1.3), its other words search the text."""
+        require_scope(caller, read_only=True)
         words = text_filter.split()
-        operators = [w for w in words if w in FILTER_OPERATORS]
-        text = " ".join(w for w in words if w not in FILTER_OPERATORS)
-        page = read_page(page_size, page_token, 10, f"tunedModels?{text_filter}")
-        if "readers:everyone" in operators:
-            return [], None  # nothing is shared with everyone until permissions exist
-        # Until sharing exists, owning a model is the only way to read or write it.
-        owner = caller.id if operators else None
-        models, more = self.repo.list_tuned_models(page.offset, page.size, text, owner)
-        return models, next_page_token(page, more, f"tunedModels?{text_filter}")
+        roles = [FILTER_ROLES[w] for w in words if w in FILTER_ROLES]
+        text = " ".join(w for w in words if w not in FILTER_ROLES and w != EVERYONE_FILTER)
+        scope = ListScope(caller, min(roles, default=Role.READER), EVERYONE_FILTER in words)
+        context = f"tunedModels?{text_filter}"
+        page = read_page(page_size, page_token, 10, context)
+        models, more = self.repo.list_tuned_models(page.offset, page.size, scope, text)
+        return models, next_page_token(page, more, context)
 
     def update(self, caller: Principal, model_id: str, change: TunedModelUpdate) -> TunedModel:
+        authorize_model(self.repo, caller, model_id, Action.WRITE)
         model = self.repo.update_tuned_model(model_id, change)
         if model is None:
             raise model_missing(model_id)
         return model
 
     def delete(self, caller: Principal, model_id: str) -> None:
+        authorize_model(self.repo, caller, model_id, Action.DELETE)
         if not self.repo.delete_tuned_model(model_id):
             raise model_missing(model_id)
         shutil.rmtree(adapter_dir(self.settings, model_id), ignore_errors=True)
@@ -196,6 +240,7 @@ class TuningService:
     def operation(
         self, caller: Principal, model_id: str, operation_id: str
     ) -> tuple[Operation, list[TuningSnapshot], TunedModel | None]:
+        authorize_model(self.repo, caller, model_id, Action.READ)
         operation = self.repo.get_operation(model_id, operation_id)
         if operation is None:
             raise not_found(
@@ -217,8 +262,9 @@ class TuningService:
         ]
 
     def cancel(self, caller: Principal, model_id: str, operation_id: str | None = None) -> None:
+        authorize_model(self.repo, caller, model_id, Action.WRITE)
         if operation_id is None:
-            ops = self.repo.list_operations(self.get(caller, model_id).id)
+            ops = self.repo.list_operations(model_id)
             if not ops:
                 raise not_found(f"Tuned model tunedModels/{model_id} has no tuning operation.")
             operation_id = ops[-1].id
@@ -264,7 +310,7 @@ class TuningService:
                     Code.FAILED_PRECONDITION, f"The adapter of {model.name} is missing."
                 )
         else:
-            entry = self.base_model(base_id or "")
+            entry = self.get_base_model(caller, base_id or "")
             defaults = (entry.temperature, entry.top_p, entry.top_k)
             adapter = None
         v = Violations()
@@ -294,5 +340,6 @@ class TuningService:
         spec, adapter, params = self._plan(caller, model_id, base_id, request)
         return self.engine.stream(spec, adapter, request.turns, params)
 
-    def count_tokens(self, base_id: str, request: GenerateRequest) -> int:
-        return self.engine.count_prompt_tokens(self.base_model(base_id).target, request.turns)
+    def count_tokens(self, caller: Principal, base_id: str, request: GenerateRequest) -> int:
+        entry = self.get_base_model(caller, base_id)
+        return self.engine.count_prompt_tokens(entry.target, request.turns)

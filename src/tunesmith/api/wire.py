@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyjson5
 
+from tunesmith.domain.access import GranteeType, Permission, Role
 from tunesmith.domain.errors import FieldViolation, invalid
 from tunesmith.domain.resources import (
     Operation,
@@ -30,10 +31,12 @@ from tunesmith.domain.resources import (
 from tunesmith.domain.validation import (
     CreateTunedModel,
     GenerateRequest,
+    PermissionGrant,
     TunedModelUpdate,
     Violations,
     check_descriptive,
     check_examples,
+    check_grant,
     check_hyperparameters,
     check_sampling,
     check_source,
@@ -79,7 +82,11 @@ class Repeated:
     item: Any
 
 
-ENUMS: dict[str, type[IntEnum]] = {"TunedModelState": TunedModelState}
+ENUMS: dict[str, type[IntEnum]] = {
+    "TunedModelState": TunedModelState,
+    "GranteeType": GranteeType,
+    "Role": Role,
+}
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "TunedModel": {
@@ -159,6 +166,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "imageConfig": "Any",
     },
     "TransferOwnershipRequest": {"emailAddress": STRING},
+    "Permission": {
+        "name": STRING,
+        "granteeType": "GranteeType",
+        "emailAddress": STRING,
+        "role": "Role",
+    },
 }
 
 
@@ -288,6 +301,7 @@ def decode_create(body: dict[str, Any], tuned_model_id: str | None) -> CreateTun
         batch_size=hp.get("batchSize"),
         learning_rate=hp.get("learningRate"),
         learning_rate_multiplier=hp.get("learningRateMultiplier"),
+        reader_project_numbers=data.get("readerProjectNumbers", []),
     )
     v = Violations()
     check_tuned_model_id(v, request.tuned_model_id)
@@ -349,6 +363,38 @@ def decode_update(body: dict[str, Any], update_mask: str | None) -> TunedModelUp
     check_sampling(v, "", update.temperature, update.top_p, update.top_k, 1.0)
     v.raise_if_any()
     return update
+
+
+def decode_permission(body: dict[str, Any]) -> PermissionGrant:
+    data = read_message(body, "Permission")
+    v = Violations()
+    grant = check_grant(v, data.get("granteeType"), data.get("emailAddress", ""), data.get("role"))
+    v.raise_if_any()
+    assert grant is not None
+    return grant
+
+
+def decode_permission_update(body: dict[str, Any], update_mask: str | None) -> Role:
+    """permissions.patch: updateMask is required and `role` is the one field it accepts."""
+    data = read_message(body, "Permission")
+    v = Violations()
+    paths = [_camel(p.strip()) for p in (update_mask or "").split(",") if p.strip()]
+    v.check(bool(paths), "updateMask", "updateMask is required; the updatable field is role")
+    v.check(
+        all(p == "role" for p in paths),
+        "updateMask",
+        f"updateMask may only name role, not {', '.join(p for p in paths if p != 'role')}",
+    )
+    v.check("role" in data, "permission.role", "role is required: OWNER, WRITER or READER")
+    v.raise_if_any()
+    return data["role"]
+
+
+def decode_transfer(body: dict[str, Any]) -> str:
+    email = read_message(body, "TransferOwnershipRequest").get("emailAddress", "").strip()
+    if not email:
+        raise invalid([FieldViolation("emailAddress", "emailAddress is required")])
+    return email.lower()
 
 
 def _turns(data: dict[str, Any], v: Violations) -> list[Turn]:
@@ -494,6 +540,17 @@ def tuned_model_json(model: TunedModel) -> dict[str, Any]:
     data["topK"] = model.top_k
     if model.reader_project_numbers:
         data["readerProjectNumbers"] = [str(n) for n in model.reader_project_numbers]
+    return data
+
+
+def permission_json(permission: Permission) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": permission.name,
+        "granteeType": permission.grantee_type.name,
+    }
+    if permission.email:
+        data["emailAddress"] = permission.email
+    data["role"] = permission.role.name
     return data
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tunesmith.cli.admin import auth_app
+from tunesmith.cli.admin import auth_app, groups_app, keys_app, projects_app, users_app
 from tunesmith.cli.base_models import base_models_app
 from tunesmith.cli.server import serve, worker
 
@@ -15,4 +15,8 @@ app = typer.Typer(
 app.command()(serve)
 app.command()(worker)
 app.add_typer(auth_app, name="auth")
+app.add_typer(users_app, name="users")
+app.add_typer(groups_app, name="groups")
+app.add_typer(projects_app, name="projects")
+app.add_typer(keys_app, name="keys")
 app.add_typer(base_models_app, name="base-models")

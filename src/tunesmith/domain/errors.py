@@ -37,6 +37,12 @@ class FieldViolation:
     description: str
 
 
+@dataclass(frozen=True)
+class QuotaViolation:
+    subject: str
+    description: str
+
+
 @dataclass
 class ServiceError(Exception):
     code: Code
@@ -44,6 +50,8 @@ class ServiceError(Exception):
     violations: list[FieldViolation] = field(default_factory=list)
     reason: str = ""  # ErrorInfo.reason, when the error has a machine-readable cause
     headers: dict[str, str] = field(default_factory=dict)
+    quota_violations: list[QuotaViolation] = field(default_factory=list)  # QuotaFailure
+    retry_delay: float | None = None  # RetryInfo, seconds
 
     def __str__(self) -> str:
         return self.message

@@ -27,3 +27,8 @@ def tuned_model_id(display_name: str) -> str:
 
 def operation_id() -> str:
     return random_suffix(12)
+
+
+def permission_id() -> str:
+    """Lowercase letters and digits only: google-generativeai rejects anything else."""
+    return random_suffix(16)

@@ -75,6 +75,7 @@ class TunedModel:
     complete_time: datetime | None = None
     snapshots: list[TuningSnapshot] = field(default_factory=list)
     reader_project_numbers: list[int] = field(default_factory=list)
+    project_number: int | None = None  # the project its creation was billed to
 
     @property
     def name(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from tunesmith.domain.access import GranteeType, Role
 from tunesmith.domain.errors import FieldViolation, invalid
 from tunesmith.domain.resources import TuningExample, Turn
 
@@ -37,6 +38,7 @@ class CreateTunedModel:
     batch_size: int | None
     learning_rate: float | None
     learning_rate_multiplier: float | None
+    reader_project_numbers: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -230,3 +232,34 @@ def check_generation(v: Violations, request: GenerateRequest, output_limit: int)
             f"{path}.maxOutputTokens must be in [1, {output_limit}], "
             f"got {request.max_output_tokens}",
         )
+
+
+@dataclass(frozen=True)
+class PermissionGrant:
+    """A validated permissions.create request."""
+
+    grantee_type: GranteeType
+    email: str  # lowercased; empty for EVERYONE
+    role: Role
+
+
+def check_grant(
+    v: Violations, grantee_type: GranteeType | None, email: str, role: Role | None
+) -> PermissionGrant | None:
+    """The grantee and role rules of permission.proto; USER is assumed when an email is
+    given without a type, as the old SDK itself assumes."""
+    grantee = grantee_type or (GranteeType.USER if email else None)
+    v.check(grantee is not None, "granteeType", "granteeType is required: USER, GROUP or EVERYONE")
+    v.check(role is not None, "role", "role is required: OWNER, WRITER or READER")
+    if grantee == GranteeType.EVERYONE:
+        v.check(not email, "emailAddress", "emailAddress must not be set for EVERYONE")
+        v.check(
+            role in (None, Role.READER),
+            "role",
+            "EVERYONE can only be granted READER",
+        )
+    elif grantee is not None:
+        v.check(bool(email), "emailAddress", f"emailAddress is required for {grantee.name}")
+    if v.items or grantee is None or role is None:
+        return None
+    return PermissionGrant(grantee, email.strip().lower(), role)

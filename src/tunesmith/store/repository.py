@@ -10,7 +10,18 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from tunesmith.domain import names
+from tunesmith.domain.access import (
+    AccessFacts,
+    Account,
+    ApiKeyInfo,
+    GranteeType,
+    ListScope,
+    Permission,
+    Role,
+)
 from tunesmith.domain.errors import Code, ServiceError
+from tunesmith.domain.quotas import ProjectQuota
 from tunesmith.domain.resources import (
     CANCELLED_ERROR,
     ClaimedJob,
@@ -24,7 +35,20 @@ from tunesmith.domain.resources import (
     TuningSnapshot,
 )
 from tunesmith.domain.validation import TunedModelUpdate
-from tunesmith.store.tables import api_keys, operations, principals, snapshots, tuned_models
+from tunesmith.store.tables import (
+    api_keys,
+    group_members,
+    operations,
+    permissions,
+    principals,
+    project_members,
+    projects,
+    reader_projects,
+    snapshots,
+    tuned_models,
+)
+
+ACTIVE_JOBS = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 
 def utcnow() -> datetime:
@@ -35,7 +59,22 @@ class LeaseLost(Exception):
     """The worker no longer holds the job: it expired, was taken over, or was deleted."""
 
 
-def _tuned_model(row, snaps: list[TuningSnapshot]) -> TunedModel:
+def _account(row) -> Account:
+    return Account(row.id, row.email, row.kind, row.display_name, row.default_project)
+
+
+def _permission(row) -> Permission:
+    return Permission(
+        tuned_model_id=row.tuned_model_id,
+        id=row.id,
+        grantee_type=GranteeType(row.grantee_type),
+        email=row.email or "",
+        role=Role(row.role),
+        create_time=row.create_time,
+    )
+
+
+def _tuned_model(row, snaps: list[TuningSnapshot], readers: list[int]) -> TunedModel:
     return TunedModel(
         id=row.id,
         base_model=row.base_model,
@@ -53,7 +92,8 @@ def _tuned_model(row, snaps: list[TuningSnapshot]) -> TunedModel:
         start_time=row.start_time,
         complete_time=row.complete_time,
         snapshots=snaps,
-        reader_project_numbers=json.loads(row.reader_project_numbers),
+        reader_project_numbers=readers,
+        project_number=row.project_number,
     )
 
 
@@ -73,6 +113,37 @@ def _snapshot(row) -> TuningSnapshot:
     return TuningSnapshot(row.step, row.epoch, row.mean_loss, row.compute_time)
 
 
+def _visible(scope: ListScope):
+    """SQL condition: the caller may see this model in a list (see ListScope)."""
+    grants = select(permissions.c.tuned_model_id)
+    if scope.everyone:
+        return tuned_models.c.id.in_(
+            grants.where(permissions.c.grantee_type == int(GranteeType.EVERYONE))
+        )
+    caller = scope.caller
+    grantee = and_(
+        permissions.c.grantee_type == int(GranteeType.USER), permissions.c.email == caller.email
+    )
+    if caller.groups:
+        grantee = or_(
+            grantee,
+            and_(
+                permissions.c.grantee_type == int(GranteeType.GROUP),
+                permissions.c.email.in_(sorted(caller.groups)),
+            ),
+        )
+    condition = or_(
+        tuned_models.c.owner_id == caller.id,
+        tuned_models.c.id.in_(grants.where(grantee, permissions.c.role <= int(scope.least_role))),
+    )
+    if scope.least_role == Role.READER and caller.projects:
+        readable_by_project = select(reader_projects.c.tuned_model_id).where(
+            reader_projects.c.project_number.in_(sorted(caller.projects))
+        )
+        condition = or_(condition, tuned_models.c.id.in_(readable_by_project))
+    return condition
+
+
 class Repository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -90,32 +161,210 @@ class Repository:
                 return
             c.execute(insert(principals).values(id=principal_id, email=email, create_time=utcnow()))
 
-    def add_api_key(self, principal_id: str, key_hash: str) -> None:
+    def create_principal(self, account: Account) -> None:
+        """A user (with its personal project, which it is a member of) or a group."""
+        try:
+            with self._tx() as c:
+                c.execute(
+                    insert(principals).values(
+                        id=account.id,
+                        email=account.email,
+                        kind=account.kind,
+                        display_name=account.display_name,
+                        default_project=account.default_project,
+                        create_time=utcnow(),
+                    )
+                )
+                if account.default_project is not None:
+                    self._insert_project(c, account.default_project, account.id)
+                    c.execute(
+                        insert(project_members).values(
+                            project_number=account.default_project, principal_id=account.id
+                        )
+                    )
+        except IntegrityError as error:
+            raise ServiceError(
+                Code.ALREADY_EXISTS, f"{account.email} is already a user or a group."
+            ) from error
+
+    def set_default_project(self, principal_id: str, project: int, project_id: str) -> None:
+        with self._tx() as c:
+            self._insert_project(c, project, project_id)
+            c.execute(
+                insert(project_members).values(project_number=project, principal_id=principal_id)
+            )
+            c.execute(
+                update(principals)
+                .where(principals.c.id == principal_id)
+                .values(default_project=project)
+            )
+
+    def account(self, id_or_email: str) -> Account | None:
+        query = select(principals).where(
+            or_(principals.c.id == id_or_email, principals.c.email == id_or_email.lower())
+        )
+        with self.engine.connect() as c:
+            row = c.execute(query).first()
+        return _account(row) if row else None
+
+    def accounts(self, kind: str) -> list[Account]:
+        query = select(principals).where(principals.c.kind == kind).order_by(principals.c.email)
+        with self.engine.connect() as c:
+            return [_account(r) for r in c.execute(query)]
+
+    def add_group_member(self, group_id: str, member_id: str) -> None:
+        with self._tx() as c:
+            exists = c.execute(
+                select(group_members).where(
+                    group_members.c.group_id == group_id, group_members.c.member_id == member_id
+                )
+            ).first()
+            if not exists:
+                c.execute(insert(group_members).values(group_id=group_id, member_id=member_id))
+
+    def remove_group_member(self, group_id: str, member_id: str) -> bool:
+        with self._tx() as c:
+            result = c.execute(
+                delete(group_members).where(
+                    group_members.c.group_id == group_id, group_members.c.member_id == member_id
+                )
+            )
+        return bool(result.rowcount)
+
+    def group_members(self, group_id: str) -> list[str]:
+        query = (
+            select(principals.c.email)
+            .join(group_members, group_members.c.member_id == principals.c.id)
+            .where(group_members.c.group_id == group_id)
+            .order_by(principals.c.email)
+        )
+        with self.engine.connect() as c:
+            return list(c.execute(query).scalars())
+
+    # ------------------------------------------------------------ projects
+
+    def _insert_project(self, c: Connection, number: int, project_id: str) -> None:
+        c.execute(insert(projects).values(number=number, id=project_id, create_time=utcnow()))
+
+    def create_project(self, number: int, project_id: str) -> None:
+        try:
+            with self._tx() as c:
+                self._insert_project(c, number, project_id)
+        except IntegrityError as error:
+            raise ServiceError(
+                Code.ALREADY_EXISTS, f"Project {project_id} ({number}) already exists."
+            ) from error
+
+    def project(self, id_or_number: str) -> tuple[int, str] | None:
+        condition = projects.c.id == id_or_number
+        if id_or_number.isdigit():
+            condition = or_(condition, projects.c.number == int(id_or_number))
+        with self.engine.connect() as c:
+            row = c.execute(select(projects).where(condition)).first()
+        return (row.number, row.id) if row else None
+
+    def list_projects(self) -> list[tuple[int, str, list[str]]]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(projects).order_by(projects.c.id)).all()
+            members = c.execute(
+                select(project_members.c.project_number, principals.c.email).join(
+                    principals, principals.c.id == project_members.c.principal_id
+                )
+            ).all()
+        return [
+            (r.number, r.id, sorted(m.email for m in members if m.project_number == r.number))
+            for r in rows
+        ]
+
+    def add_project_member(self, number: int, principal_id: str) -> None:
+        with self._tx() as c:
+            exists = c.execute(
+                select(project_members).where(
+                    project_members.c.project_number == number,
+                    project_members.c.principal_id == principal_id,
+                )
+            ).first()
+            if not exists:
+                c.execute(
+                    insert(project_members).values(project_number=number, principal_id=principal_id)
+                )
+
+    # ------------------------------------------------------------ API keys
+
+    def add_api_key(
+        self,
+        principal_id: str,
+        key_hash: str,
+        key_id: str,
+        project_number: int | None,
+        display_name: str = "",
+    ) -> None:
         with self._tx() as c:
             c.execute(
                 insert(api_keys).values(
                     key_hash=key_hash,
+                    key_id=key_id,
                     principal_id=principal_id,
+                    project_number=project_number,
+                    display_name=display_name,
                     create_time=utcnow(),
                     revoked=False,
                 )
             )
 
-    def principal_for_key(self, key_hash: str) -> tuple[str, str] | None:
+    def api_keys(self, principal_id: str | None = None) -> list[ApiKeyInfo]:
         query = (
-            select(principals.c.id, principals.c.email)
-            .join(api_keys, api_keys.c.principal_id == principals.c.id)
-            .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked.is_(False))
+            select(api_keys, principals.c.email)
+            .join(principals, principals.c.id == api_keys.c.principal_id)
+            .order_by(api_keys.c.create_time)
+        )
+        if principal_id is not None:
+            query = query.where(api_keys.c.principal_id == principal_id)
+        with self.engine.connect() as c:
+            return [
+                ApiKeyInfo(
+                    r.key_id, r.email, r.display_name, r.project_number, r.create_time, r.revoked
+                )
+                for r in c.execute(query)
+            ]
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        with self._tx() as c:
+            result = c.execute(
+                update(api_keys)
+                .where(api_keys.c.key_id == key_id, api_keys.c.revoked.is_(False))
+                .values(revoked=True)
+            )
+        return bool(result.rowcount)
+
+    def identity_for_key(self, key_hash: str) -> tuple[str, int | None] | None:
+        """The principal id and billing project of a key that is not revoked."""
+        query = select(api_keys.c.principal_id, api_keys.c.project_number).where(
+            api_keys.c.key_hash == key_hash, api_keys.c.revoked.is_(False)
         )
         with self.engine.connect() as c:
             row = c.execute(query).first()
-        return (row.id, row.email) if row else None
+        return (row.principal_id, row.project_number) if row else None
 
-    def principal(self, principal_id: str) -> tuple[str, str] | None:
-        query = select(principals.c.id, principals.c.email).where(principals.c.id == principal_id)
+    def membership(
+        self, principal_id: str
+    ) -> tuple[Account, frozenset[str], frozenset[int]] | None:
+        """A user with the emails of its groups and the numbers of its projects."""
         with self.engine.connect() as c:
-            row = c.execute(query).first()
-        return (row.id, row.email) if row else None
+            row = c.execute(select(principals).where(principals.c.id == principal_id)).first()
+            if row is None:
+                return None
+            groups = c.execute(
+                select(principals.c.email)
+                .join(group_members, group_members.c.group_id == principals.c.id)
+                .where(group_members.c.member_id == principal_id)
+            ).scalars()
+            numbers = c.execute(
+                select(project_members.c.project_number).where(
+                    project_members.c.principal_id == principal_id
+                )
+            ).scalars()
+            return _account(row), frozenset(groups), frozenset(numbers)
 
     # ------------------------------------------------------------ tuned models
 
@@ -126,11 +375,15 @@ class Repository:
         examples: list[TuningExample],
         seed: int,
         total_steps: int,
+        owner_email: str,
+        quota: ProjectQuota,
     ) -> None:
-        """The model and its queued job, in one transaction: both or neither."""
+        """The model, its owner's permission and its queued job, in one transaction: all or
+        nothing. The project's quotas are checked inside the same transaction."""
         hp = model.hyperparameters
         try:
             with self._tx() as c:
+                self._check_quota(c, model.project_number, quota)
                 c.execute(
                     insert(tuned_models).values(
                         id=model.id,
@@ -145,12 +398,14 @@ class Repository:
                         epoch_count=hp.epoch_count,
                         batch_size=hp.batch_size,
                         learning_rate=hp.learning_rate,
-                        reader_project_numbers=json.dumps(model.reader_project_numbers),
                         owner_id=model.owner_id,
+                        project_number=model.project_number,
                         create_time=model.create_time,
                         update_time=model.update_time,
                     )
                 )
+                self._grant_owner(c, model, owner_email)
+                self._set_reader_projects(c, model.id, model.reader_project_numbers)
                 c.execute(
                     insert(operations).values(
                         id=operation_id,
@@ -164,6 +419,7 @@ class Repository:
                         seed=seed,
                         cancel_requested=False,
                         attempts=0,
+                        project_number=model.project_number,
                         create_time=model.create_time,
                         update_time=model.create_time,
                     )
@@ -172,6 +428,38 @@ class Repository:
             raise ServiceError(
                 Code.ALREADY_EXISTS, f"Tuned model {model.name} already exists."
             ) from error
+
+    def _check_quota(self, c: Connection, project: int | None, quota: ProjectQuota) -> None:
+        if project is None:
+            return
+        models = c.execute(
+            select(func.count()).where(tuned_models.c.project_number == project)
+        ).scalar_one()
+        jobs = c.execute(
+            select(func.count()).where(
+                operations.c.project_number == project, operations.c.status.in_(ACTIVE_JOBS)
+            )
+        ).scalar_one()
+        quota.check(project, models=models, jobs=jobs)
+
+    def _grant_owner(self, c: Connection, model: TunedModel, owner_email: str) -> None:
+        c.execute(
+            insert(permissions).values(
+                tuned_model_id=model.id,
+                id=names.permission_id(),
+                grantee_type=int(GranteeType.USER),
+                email=owner_email,
+                role=int(Role.OWNER),
+                create_time=model.create_time,
+            )
+        )
+
+    def _set_reader_projects(self, c: Connection, model_id: str, numbers: list[int]) -> None:
+        c.execute(delete(reader_projects).where(reader_projects.c.tuned_model_id == model_id))
+        for number in sorted(set(numbers)):
+            c.execute(
+                insert(reader_projects).values(tuned_model_id=model_id, project_number=number)
+            )
 
     def get_tuned_model(self, model_id: str) -> TunedModel | None:
         with self.engine.connect() as c:
@@ -184,16 +472,40 @@ class Repository:
                 .where(operations.c.tuned_model_id == model_id)
                 .order_by(snapshots.c.step)
             ).all()
-        return _tuned_model(row, [_snapshot(s) for s in snaps])
+            readers = c.execute(
+                select(reader_projects.c.project_number)
+                .where(reader_projects.c.tuned_model_id == model_id)
+                .order_by(reader_projects.c.project_number)
+            ).scalars()
+            return _tuned_model(row, [_snapshot(s) for s in snaps], list(readers))
+
+    def access_facts(self, model_id: str) -> AccessFacts | None:
+        with self.engine.connect() as c:
+            owner = c.execute(
+                select(tuned_models.c.owner_id).where(tuned_models.c.id == model_id)
+            ).scalar()
+            if owner is None:
+                return None
+            grants = c.execute(
+                select(permissions).where(permissions.c.tuned_model_id == model_id)
+            ).all()
+            readers = c.execute(
+                select(reader_projects.c.project_number).where(
+                    reader_projects.c.tuned_model_id == model_id
+                )
+            ).scalars()
+            return AccessFacts(owner, [_permission(g) for g in grants], frozenset(readers))
 
     def list_tuned_models(
-        self, offset: int, limit: int, text: str = "", owner_id: str | None = None
+        self, offset: int, limit: int, scope: ListScope, text: str = ""
     ) -> tuple[list[TunedModel], bool]:
-        """A page in creation order and whether more follow; `text` matches display name
-        or description, case-insensitively, every word."""
-        query = select(tuned_models.c.id).order_by(tuned_models.c.create_time, tuned_models.c.id)
-        if owner_id is not None:
-            query = query.where(tuned_models.c.owner_id == owner_id)
+        """A page in creation order of the models `scope` allows, and whether more follow;
+        `text` matches display name or description, case-insensitively, every word."""
+        query = (
+            select(tuned_models.c.id)
+            .where(_visible(scope))
+            .order_by(tuned_models.c.create_time, tuned_models.c.id)
+        )
         for word in text.split():
             pattern = f"%{word.lower()}%"
             query = query.where(
@@ -213,24 +525,101 @@ class Repository:
             for name in ("display_name", "description", "temperature", "top_p", "top_k")
             if getattr(change, name) is not None
         }
-        if change.reader_project_numbers is not None:
-            values["reader_project_numbers"] = json.dumps(change.reader_project_numbers)
         values["update_time"] = utcnow()
         with self._tx() as c:
             result = c.execute(
                 update(tuned_models).where(tuned_models.c.id == model_id).values(**values)
             )
+            if result.rowcount and change.reader_project_numbers is not None:
+                self._set_reader_projects(c, model_id, change.reader_project_numbers)
         return self.get_tuned_model(model_id) if result.rowcount else None
 
     def delete_tuned_model(self, model_id: str) -> bool:
-        """Deletes the model, its operations and snapshots. A running job notices at its next
-        step that its operation is gone and stops."""
+        """Deletes the model, its grants, operations and snapshots. A running job notices at
+        its next step that its operation is gone and stops."""
         with self._tx() as c:
             op_ids = select(operations.c.id).where(operations.c.tuned_model_id == model_id)
             c.execute(delete(snapshots).where(snapshots.c.operation_id.in_(op_ids)))
             c.execute(delete(operations).where(operations.c.tuned_model_id == model_id))
+            c.execute(delete(permissions).where(permissions.c.tuned_model_id == model_id))
+            c.execute(delete(reader_projects).where(reader_projects.c.tuned_model_id == model_id))
             result = c.execute(delete(tuned_models).where(tuned_models.c.id == model_id))
         return bool(result.rowcount)
+
+    # ------------------------------------------------------------ permissions
+
+    def create_permission(self, permission: Permission) -> None:
+        with self._tx() as c:
+            c.execute(
+                insert(permissions).values(
+                    tuned_model_id=permission.tuned_model_id,
+                    id=permission.id,
+                    grantee_type=int(permission.grantee_type),
+                    email=permission.email or None,
+                    role=int(permission.role),
+                    create_time=permission.create_time,
+                )
+            )
+
+    def list_permissions(
+        self, model_id: str, offset: int, limit: int
+    ) -> tuple[list[Permission], bool]:
+        query = (
+            select(permissions)
+            .where(permissions.c.tuned_model_id == model_id)
+            .order_by(permissions.c.create_time, permissions.c.id)
+            .offset(offset)
+            .limit(limit + 1)
+        )
+        with self.engine.connect() as c:
+            rows = c.execute(query).all()
+        return [_permission(r) for r in rows[:limit]], len(rows) > limit
+
+    def set_permission_role(self, model_id: str, permission_id: str, role: Role) -> None:
+        with self._tx() as c:
+            c.execute(
+                update(permissions)
+                .where(permissions.c.tuned_model_id == model_id, permissions.c.id == permission_id)
+                .values(role=int(role))
+            )
+
+    def delete_permission(self, model_id: str, permission_id: str) -> bool:
+        with self._tx() as c:
+            result = c.execute(
+                delete(permissions).where(
+                    permissions.c.tuned_model_id == model_id, permissions.c.id == permission_id
+                )
+            )
+        return bool(result.rowcount)
+
+    def transfer_ownership(self, model_id: str, old: Account, new: Account) -> None:
+        """The new owner gets OWNER (replacing any grant it had), the old one WRITER."""
+        with self._tx() as c:
+            user_grant = and_(
+                permissions.c.tuned_model_id == model_id,
+                permissions.c.grantee_type == int(GranteeType.USER),
+            )
+            c.execute(delete(permissions).where(user_grant, permissions.c.email == new.email))
+            c.execute(
+                update(permissions)
+                .where(user_grant, permissions.c.email == old.email)
+                .values(role=int(Role.WRITER))
+            )
+            c.execute(
+                insert(permissions).values(
+                    tuned_model_id=model_id,
+                    id=names.permission_id(),
+                    grantee_type=int(GranteeType.USER),
+                    email=new.email,
+                    role=int(Role.OWNER),
+                    create_time=utcnow(),
+                )
+            )
+            c.execute(
+                update(tuned_models)
+                .where(tuned_models.c.id == model_id)
+                .values(owner_id=new.id, update_time=utcnow())
+            )
 
     # ------------------------------------------------------------ operations
 

@@ -111,7 +111,6 @@ tuned_models = Table(
     Column("epoch_count", Integer, nullable=False),
     Column("batch_size", Integer, nullable=False),
     Column("learning_rate", Float, nullable=False),
-    Column("reader_project_numbers", Text, nullable=False, default="[]"),
     Column("owner_id", String(64), ForeignKey("principals.id"), nullable=False),
     Column("create_time", UTCDateTime, nullable=False),
     Column("update_time", UTCDateTime, nullable=False),
@@ -120,6 +119,14 @@ tuned_models = Table(
     Column("project_number", BigInteger),  # the project its creation was billed to
 )
 Index("ix_tuned_models_create_time", tuned_models.c.create_time)
+
+# readerProjectNumbers: members of these projects may read the model.
+reader_projects = Table(
+    "reader_projects",
+    metadata,
+    Column("tuned_model_id", String(64), primary_key=True),
+    Column("project_number", BigInteger, primary_key=True, autoincrement=False),
+)
 
 operations = Table(
     "operations",

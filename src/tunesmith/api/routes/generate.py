@@ -111,9 +111,11 @@ async def stream_base(
 
 
 @router.post("/models/{base_id}:countTokens")
-async def count_tokens(request: Request, base_id: str) -> Response:
+async def count_tokens(
+    request: Request, base_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
     data = await body(request)
     # countTokens takes `contents` directly or a whole `generateContentRequest`.
     command = wire.decode_generate(data.get("generateContentRequest") or data)
-    total = await run_in_threadpool(service(request).count_tokens, base_id, command)
+    total = await run_in_threadpool(service(request).count_tokens, caller, base_id, command)
     return json_response({"totalTokens": total}, pretty=pretty(request))

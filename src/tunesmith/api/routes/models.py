@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from tunesmith.api import wire
-from tunesmith.api.auth import authenticate
+from tunesmith.api.auth import Principal, authenticate
 from tunesmith.api.responses import json_response
 from tunesmith.api.routes.common import pretty, query, query_int
 from tunesmith.api.routes.tuned_models import service
@@ -16,9 +16,9 @@ router = APIRouter(dependencies=[Depends(authenticate)])
 
 
 @router.get("/models")
-def list_models(request: Request) -> Response:
+def list_models(request: Request, caller: Principal = Depends(authenticate)) -> Response:
     page = read_page(query_int(request, "pageSize"), query(request, "pageToken"), 50, "models")
-    entries, more = service(request).list_base_models(page)
+    entries, more = service(request).list_base_models(caller, page)
     data: dict = {"models": [wire.model_json(e) for e in entries]}
     if token := next_page_token(page, more, "models"):
         data["nextPageToken"] = token
@@ -26,7 +26,8 @@ def list_models(request: Request) -> Response:
 
 
 @router.get("/models/{base_id}")
-def get_model(request: Request, base_id: str) -> Response:
-    return json_response(
-        wire.model_json(service(request).base_model(base_id)), pretty=pretty(request)
-    )
+def get_model(
+    request: Request, base_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    entry = service(request).get_base_model(caller, base_id)
+    return json_response(wire.model_json(entry), pretty=pretty(request))

@@ -4,6 +4,8 @@ Revision ID: 0002
 Revises: 0001
 """
 
+import json
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -63,13 +65,30 @@ def upgrade() -> None:
         "SELECT m.id, 'owner', 1, p.email, 1, m.create_time "
         "FROM tuned_models m JOIN principals p ON p.id = m.owner_id"
     )
+    op.create_table(
+        "reader_projects",
+        sa.Column("tuned_model_id", sa.String(64), primary_key=True),
+        sa.Column("project_number", sa.BigInteger(), primary_key=True, autoincrement=False),
+    )
+    _move_reader_projects_to_table()
     with op.batch_alter_table("tuned_models") as batch:
         batch.add_column(sa.Column("project_number", sa.BigInteger(), nullable=True))
+        batch.drop_column("reader_project_numbers")
     with op.batch_alter_table("operations") as batch:
         batch.add_column(sa.Column("project_number", sa.BigInteger(), nullable=True))
         batch.add_column(
             sa.Column("trained_tokens", sa.BigInteger(), nullable=False, server_default="0")
         )
+
+
+def _move_reader_projects_to_table() -> None:
+    connection = op.get_bind()
+    rows = connection.execute(sa.text("SELECT id, reader_project_numbers FROM tuned_models"))
+    for model_id, numbers in rows.all():
+        for number in set(json.loads(numbers or "[]")):
+            connection.execute(
+                sa.text("INSERT INTO reader_projects VALUES (:m, :n)"), {"m": model_id, "n": number}
+            )
 
 
 def downgrade() -> None:
@@ -78,6 +97,10 @@ def downgrade() -> None:
         batch.drop_column("project_number")
     with op.batch_alter_table("tuned_models") as batch:
         batch.drop_column("project_number")
+        batch.add_column(
+            sa.Column("reader_project_numbers", sa.Text(), nullable=False, server_default="[]")
+        )
+    op.drop_table("reader_projects")
     op.drop_index("ix_permissions_email", "permissions")
     op.drop_table("permissions")
     op.drop_index("ix_api_keys_key_id", "api_keys")

@@ -1,0 +1,76 @@
+"""tunedModels.permissions (create, list, get, patch, delete) and transferOwnership."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from tunesmith.api import wire
+from tunesmith.api.auth import Principal, authenticate
+from tunesmith.api.responses import json_response
+from tunesmith.api.routes.common import body, pretty, query, query_int
+from tunesmith.api.sharing import SharingService
+
+router = APIRouter()
+
+
+def sharing(request: Request) -> SharingService:
+    return request.app.state.sharing
+
+
+@router.post("/tunedModels/{model_id}:transferOwnership")
+async def transfer_ownership(
+    request: Request, model_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    email = wire.decode_transfer(await body(request))
+    sharing(request).transfer_ownership(caller, model_id, email)
+    return json_response({}, pretty=pretty(request))
+
+
+@router.post("/tunedModels/{model_id}/permissions")
+async def create_permission(
+    request: Request, model_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    grant = wire.decode_permission(await body(request))
+    permission = sharing(request).create(caller, model_id, grant)
+    return json_response(wire.permission_json(permission), pretty=pretty(request))
+
+
+@router.get("/tunedModels/{model_id}/permissions")
+def list_permissions(
+    request: Request, model_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    found, token = sharing(request).list(
+        caller, model_id, query_int(request, "pageSize"), query(request, "pageToken")
+    )
+    data: dict = {}
+    if found:
+        data["permissions"] = [wire.permission_json(p) for p in found]
+    if token:
+        data["nextPageToken"] = token
+    return json_response(data, pretty=pretty(request))
+
+
+@router.get("/tunedModels/{model_id}/permissions/{permission_id}")
+def get_permission(
+    request: Request, model_id: str, permission_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    permission = sharing(request).get(caller, model_id, permission_id)
+    return json_response(wire.permission_json(permission), pretty=pretty(request))
+
+
+@router.patch("/tunedModels/{model_id}/permissions/{permission_id}")
+async def update_permission(
+    request: Request, model_id: str, permission_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    role = wire.decode_permission_update(await body(request), query(request, "updateMask"))
+    permission = sharing(request).update(caller, model_id, permission_id, role)
+    return json_response(wire.permission_json(permission), pretty=pretty(request))
+
+
+@router.delete("/tunedModels/{model_id}/permissions/{permission_id}")
+def delete_permission(
+    request: Request, model_id: str, permission_id: str, caller: Principal = Depends(authenticate)
+) -> Response:
+    sharing(request).delete(caller, model_id, permission_id)
+    return json_response({}, pretty=pretty(request))
