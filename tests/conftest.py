@@ -103,6 +103,25 @@ class LiveServer:
     def headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self.api_key}
 
+    def admin(self, *args: str) -> str:
+        """Runs an admin command (`tunesmith users create ...`) on this server's data dir."""
+        env = {**os.environ, "TUNESMITH_DATA_DIR": str(self.data_dir), **self.env}
+        done = subprocess.run(
+            [sys.executable, "-m", "tunesmith", *args], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout.strip()
+
+    def admin_json(self, *args: str):
+        return json.loads(self.admin(*args, "--json"))
+
+    def new_api_key(self, email: str) -> str:
+        """Creates the user if needed and returns a new API key for it."""
+        users = self.admin_json("users", "list")
+        if email not in {u["email"] for u in users}:
+            self.admin("users", "create", email)
+        return self.admin("keys", "create", "--user", email).splitlines()[-1]
+
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=self.headers(), timeout=120)
 

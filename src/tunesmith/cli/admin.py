@@ -105,10 +105,10 @@ def create_user(email: str, display_name: str = typer.Option("", help="A name to
 @users_app.command("list")
 def list_users(as_json: bool = JSON_OPTION) -> None:
     rows = [
-        [a.email, a.display_name, str(a.default_project or "")]
+        [a.email, a.id, a.display_name, str(a.default_project or "")]
         for a in _accounts().repo.accounts("user")
     ]
-    _table("Users", ["Email", "Display name", "Project"], rows, as_json)
+    _table("Users", ["Email", "Id", "Display name", "Project"], rows, as_json)
 
 
 @groups_app.command("create")
