@@ -91,3 +91,43 @@ def test_cancel_ends_the_operation_with_cancelled():
     assert operation.cancelled()
     assert genai.get_tuned_model("tunedModels/long-job").state.name == "FAILED"
     genai.delete_tuned_model("tunedModels/long-job")
+
+
+def test_permission_calls_work_unchanged(server):
+    """The old SDK's own sharing API: create, list, get, update, delete, transfer."""
+    server.new_api_key("reader@example.com")
+    server.new_api_key("heir@example.com")
+    server.admin("groups", "create", "team@googlegroups.com")
+    operation = genai.create_tuned_model(
+        "models/gemini-1.5-flash-001-tuning",
+        training_data=EXAMPLES,
+        id="shared-by-sdk",
+        epoch_count=1,
+        batch_size=8,
+    )
+    model = operation.result()
+
+    reader = model.permissions.create(role="READER", email_address="reader@example.com")
+    assert reader.role.name == "READER" and reader.grantee_type.name == "USER"
+    group = model.permissions.create(role="writer", email_address="team@googlegroups.com")
+    assert group.grantee_type.name == "GROUP"  # the SDK infers GROUP from the address
+    everyone = model.permissions.create(role="reader", grantee_type="everyone")
+    assert everyone.grantee_type.name == "EVERYONE"
+
+    listed = list(model.permissions.list(page_size=2))
+    assert {p.name for p in listed} >= {reader.name, group.name, everyone.name}
+    fetched = genai.types.Permission.get(reader.name)
+    assert fetched.email_address == "reader@example.com"
+
+    fetched.update({"role": "WRITER"})  # PATCH ...?updateMask=role
+    assert genai.types.Permission.get(reader.name).role.name == "WRITER"
+    fetched.delete()
+    with pytest.raises(exceptions.NotFound):
+        genai.types.Permission.get(reader.name)
+
+    model.permissions.transfer_ownership("heir@example.com")
+    roles = {p.email_address: p.role.name for p in model.permissions.list() if p.email_address}
+    assert roles["heir@example.com"] == "OWNER"
+    assert roles["owner@localhost"] == "WRITER"
+    with pytest.raises(exceptions.Forbidden, match="permission to delete"):
+        genai.delete_tuned_model("tunedModels/shared-by-sdk")

@@ -49,11 +49,13 @@ class Action(Enum):
     """What a method does to a tuned model: the least role it needs and whether a
     read-only token may do it."""
 
-    READ = (Role.READER, True)  # get, operations, generateContent, export
-    WRITE = (Role.WRITER, False)  # patch, cancel
-    SHARE = (Role.WRITER, False)  # permissions
-    DELETE = (Role.OWNER, False)
-    TRANSFER = (Role.OWNER, False)
+    # The verb makes each value distinct (equal values would make aliases) and names the
+    # action in the error message.
+    READ = (Role.READER, True, "use")  # get, operations, generateContent, export
+    WRITE = (Role.WRITER, False, "change")  # patch, cancel
+    SHARE = (Role.WRITER, False, "share")  # permissions
+    DELETE = (Role.OWNER, False, "delete")
+    TRANSFER = (Role.OWNER, False, "transfer the ownership of")
 
     @property
     def least_role(self) -> Role:
@@ -62,6 +64,10 @@ class Action(Enum):
     @property
     def read_only(self) -> bool:
         return self.value[1]
+
+    @property
+    def verb(self) -> str:
+        return self.value[2]
 
 
 @dataclass(frozen=True)
@@ -142,15 +148,9 @@ def access_denied(model_name: str) -> ServiceError:
 
 
 def role_too_weak(model_name: str, action: Action, role: Role) -> ServiceError:
-    verbs = {
-        Action.WRITE: "change",
-        Action.SHARE: "share",
-        Action.DELETE: "delete",
-        Action.TRANSFER: "transfer the ownership of",
-    }
     return ServiceError(
         Code.PERMISSION_DENIED,
-        f"You do not have permission to {verbs.get(action, 'use')} tuned model {model_name}: "
+        f"You do not have permission to {action.verb} tuned model {model_name}: "
         f"it needs the {action.least_role.name} role and you have {role.name}.",
     )
 
