@@ -18,12 +18,12 @@ import jwt
 from fastapi import Request
 
 from tunesmith.config import Settings
-from tunesmith.domain.access import SCOPE_PREFIX, TUNING_SCOPE, Principal
+from tunesmith.domain.access import SCOPE_PREFIX, TUNING_SCOPE, Principal, require_scope
 from tunesmith.domain.errors import Code, ServiceError
 from tunesmith.domain.quotas import RateLimiter
 from tunesmith.store.repository import Repository
 
-__all__ = ["Credentials", "Principal", "authenticate"]
+__all__ = ["Credentials", "Principal", "authenticate", "authenticate_reader"]
 
 OWNER_ID = "owner"
 OWNER_EMAIL = "owner@localhost"
@@ -224,8 +224,24 @@ def new_project_number() -> int:
 
 
 def authenticate(request: Request) -> Principal:
-    """FastAPI dependency: the calling principal, or the hosted service's error for the
-    kind of credential that failed. Also where the per-principal request rate is held."""
+    """FastAPI dependency of methods that change things: the caller, whose token (if it
+    came with one) must carry a full tuning scope. Dependencies run before the body is
+    read, so a refused caller learns nothing about its request."""
+    principal = _identify(request)
+    require_scope(principal, read_only=False)
+    return principal
+
+
+def authenticate_reader(request: Request) -> Principal:
+    """FastAPI dependency of methods that only read or generate: the readonly scope will do."""
+    principal = _identify(request)
+    require_scope(principal, read_only=True)
+    return principal
+
+
+def _identify(request: Request) -> Principal:
+    """The calling principal, or the hosted service's error for the kind of credential
+    that failed. Also where the per-principal request rate is held."""
     credentials: Credentials = request.app.state.credentials
     key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
     authorization = request.headers.get("authorization", "")

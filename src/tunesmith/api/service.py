@@ -20,7 +20,6 @@ from tunesmith.domain.access import (
     Principal,
     Role,
     authorize,
-    require_scope,
 )
 from tunesmith.domain.errors import Code, FieldViolation, ServiceError, invalid, not_found
 from tunesmith.domain.quotas import ProjectQuota, check_examples
@@ -57,7 +56,6 @@ def authorize_model(
 ) -> AccessFacts:
     """The model's access facts if the caller may do `action` to it; 404 if it does not
     exist, the hosted service's 403 if the caller may not."""
-    require_scope(caller, action.read_only)
     facts = repo.access_facts(model_id)
     if facts is None:
         raise model_missing(model_id)
@@ -110,10 +108,6 @@ class TuningService:
 
     # ------------------------------------------------------------ base models
 
-    def get_base_model(self, caller: Principal, model_id: str) -> CatalogEntry:
-        require_scope(caller, read_only=True)
-        return self.base_model(model_id)
-
     def base_model(self, model_id: str) -> CatalogEntry:
         entry = self.catalog.get(f"models/{model_id}")
         if entry is None:
@@ -124,8 +118,7 @@ class TuningService:
             )
         return entry
 
-    def list_base_models(self, caller: Principal, page: Page) -> tuple[list[CatalogEntry], bool]:
-        require_scope(caller, read_only=True)
+    def list_base_models(self, page: Page) -> tuple[list[CatalogEntry], bool]:
         entries = self.catalog.list()
         return entries[page.offset : page.offset + page.size], len(
             entries
@@ -134,7 +127,6 @@ class TuningService:
     # ------------------------------------------------------------ tuned models
 
     def create(self, caller: Principal, request: CreateTunedModel) -> Operation:
-        require_scope(caller, read_only=False)
         check_examples(len(request.examples), self.settings.quota_examples_per_job)
         base_name, defaults = self._source(caller, request)
         n = len(request.examples)
@@ -212,7 +204,6 @@ class TuningService:
     ) -> tuple[list[TunedModel], str | None]:
         """Models the caller may read, less those shared only with everyone; the filter's
         operators narrow that (reference §1.3), its other words search the text."""
-        require_scope(caller, read_only=True)
         words = text_filter.split()
         roles = [FILTER_ROLES[w] for w in words if w in FILTER_ROLES]
         text = " ".join(w for w in words if w not in FILTER_ROLES and w != EVERYONE_FILTER)
@@ -310,7 +301,7 @@ class TuningService:
                     Code.FAILED_PRECONDITION, f"The adapter of {model.name} is missing."
                 )
         else:
-            entry = self.get_base_model(caller, base_id or "")
+            entry = self.base_model(base_id or "")
             defaults = (entry.temperature, entry.top_p, entry.top_k)
             adapter = None
         v = Violations()
@@ -340,6 +331,5 @@ class TuningService:
         spec, adapter, params = self._plan(caller, model_id, base_id, request)
         return self.engine.stream(spec, adapter, request.turns, params)
 
-    def count_tokens(self, caller: Principal, base_id: str, request: GenerateRequest) -> int:
-        entry = self.get_base_model(caller, base_id)
-        return self.engine.count_prompt_tokens(entry.target, request.turns)
+    def count_tokens(self, base_id: str, request: GenerateRequest) -> int:
+        return self.engine.count_prompt_tokens(self.base_model(base_id).target, request.turns)

@@ -46,28 +46,22 @@ class GranteeType(IntEnum):
 
 
 class Action(Enum):
-    """What a method does to a tuned model: the least role it needs and whether a
-    read-only token may do it."""
+    """What a method does to a tuned model: the least role it needs, and the verb that
+    names it in errors (which also keeps equal roles from making enum aliases)."""
 
-    # The verb makes each value distinct (equal values would make aliases) and names the
-    # action in the error message.
-    READ = (Role.READER, True, "use")  # get, operations, generateContent, export
-    WRITE = (Role.WRITER, False, "change")  # patch, cancel
-    SHARE = (Role.WRITER, False, "share")  # permissions
-    DELETE = (Role.OWNER, False, "delete")
-    TRANSFER = (Role.OWNER, False, "transfer the ownership of")
+    READ = (Role.READER, "use")  # get, operations, generateContent, export
+    WRITE = (Role.WRITER, "change")  # patch, cancel
+    SHARE = (Role.WRITER, "share")  # permissions
+    DELETE = (Role.OWNER, "delete")
+    TRANSFER = (Role.OWNER, "transfer the ownership of")
 
     @property
     def least_role(self) -> Role:
         return self.value[0]
 
     @property
-    def read_only(self) -> bool:
-        return self.value[1]
-
-    @property
     def verb(self) -> str:
-        return self.value[2]
+        return self.value[1]
 
 
 @dataclass(frozen=True)
@@ -118,7 +112,8 @@ def insufficient_scope() -> ServiceError:
 
 
 def require_scope(caller: Principal, read_only: bool) -> None:
-    """An access token must carry a scope that allows the method; API keys always do."""
+    """An access token must carry a scope that allows the method (`read_only`: one that only
+    reads or generates); API keys always do."""
     if caller.scopes is None or caller.scopes & FULL_SCOPES:
         return
     if read_only and READONLY_SCOPE in caller.scopes:
@@ -158,7 +153,6 @@ def role_too_weak(model_name: str, action: Action, role: Role) -> ServiceError:
 def authorize(caller: Principal, model_name: str, facts: AccessFacts, action: Action) -> Role:
     """The caller's role on the model if it allows `action`; the hosted service's 403
     otherwise (a caller who may not even read learns nothing more than that)."""
-    require_scope(caller, action.read_only)
     role = role_of(caller, facts)
     if role is None:
         raise access_denied(model_name)

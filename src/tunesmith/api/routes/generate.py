@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from tunesmith.api import wire
-from tunesmith.api.auth import Principal, authenticate
+from tunesmith.api.auth import Principal, authenticate_reader
 from tunesmith.api.errors import status_body
 from tunesmith.api.responses import dumps, json_response
 from tunesmith.api.routes.common import body, pretty
@@ -19,7 +19,7 @@ from tunesmith.domain.errors import Code, ServiceError
 from tunesmith.serving.engine import StreamChunk
 
 log = logging.getLogger(__name__)
-router = APIRouter(dependencies=[Depends(authenticate)])
+router = APIRouter()
 
 
 async def _generate(
@@ -84,38 +84,38 @@ def _json_array(documents: Iterator[dict]) -> Iterator[str]:
 
 @router.post("/tunedModels/{model_id}:generateContent")
 async def generate_tuned(
-    request: Request, model_id: str, caller: Principal = Depends(authenticate)
+    request: Request, model_id: str, caller: Principal = Depends(authenticate_reader)
 ) -> Response:
     return await _generate(request, caller, model_id, None)
 
 
 @router.post("/tunedModels/{model_id}:streamGenerateContent")
 async def stream_tuned(
-    request: Request, model_id: str, caller: Principal = Depends(authenticate)
+    request: Request, model_id: str, caller: Principal = Depends(authenticate_reader)
 ) -> Response:
     return await _stream(request, caller, model_id, None)
 
 
 @router.post("/models/{base_id}:generateContent")
 async def generate_base(
-    request: Request, base_id: str, caller: Principal = Depends(authenticate)
+    request: Request, base_id: str, caller: Principal = Depends(authenticate_reader)
 ) -> Response:
     return await _generate(request, caller, None, base_id)
 
 
 @router.post("/models/{base_id}:streamGenerateContent")
 async def stream_base(
-    request: Request, base_id: str, caller: Principal = Depends(authenticate)
+    request: Request, base_id: str, caller: Principal = Depends(authenticate_reader)
 ) -> Response:
     return await _stream(request, caller, None, base_id)
 
 
 @router.post("/models/{base_id}:countTokens")
 async def count_tokens(
-    request: Request, base_id: str, caller: Principal = Depends(authenticate)
+    request: Request, base_id: str, _: Principal = Depends(authenticate_reader)
 ) -> Response:
     data = await body(request)
     # countTokens takes `contents` directly or a whole `generateContentRequest`.
     command = wire.decode_generate(data.get("generateContentRequest") or data)
-    total = await run_in_threadpool(service(request).count_tokens, caller, base_id, command)
+    total = await run_in_threadpool(service(request).count_tokens, base_id, command)
     return json_response({"totalTokens": total}, pretty=pretty(request))

@@ -6,19 +6,19 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from tunesmith.api import wire
-from tunesmith.api.auth import Principal, authenticate
+from tunesmith.api.auth import authenticate_reader
 from tunesmith.api.responses import json_response
 from tunesmith.api.routes.common import pretty, query, query_int
 from tunesmith.api.routes.tuned_models import service
 from tunesmith.api.service import next_page_token, read_page
 
-router = APIRouter(dependencies=[Depends(authenticate)])
+router = APIRouter(dependencies=[Depends(authenticate_reader)])
 
 
 @router.get("/models")
-def list_models(request: Request, caller: Principal = Depends(authenticate)) -> Response:
+def list_models(request: Request) -> Response:
     page = read_page(query_int(request, "pageSize"), query(request, "pageToken"), 50, "models")
-    entries, more = service(request).list_base_models(caller, page)
+    entries, more = service(request).list_base_models(page)
     data: dict = {"models": [wire.model_json(e) for e in entries]}
     if token := next_page_token(page, more, "models"):
         data["nextPageToken"] = token
@@ -26,8 +26,6 @@ def list_models(request: Request, caller: Principal = Depends(authenticate)) -> 
 
 
 @router.get("/models/{base_id}")
-def get_model(
-    request: Request, base_id: str, caller: Principal = Depends(authenticate)
-) -> Response:
-    entry = service(request).get_base_model(caller, base_id)
+def get_model(request: Request, base_id: str) -> Response:
+    entry = service(request).base_model(base_id)
     return json_response(wire.model_json(entry), pretty=pretty(request))

@@ -6,12 +6,12 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from tunesmith.api import wire
-from tunesmith.api.auth import Principal, authenticate
+from tunesmith.api.auth import Principal, authenticate, authenticate_reader
 from tunesmith.api.responses import json_response
 from tunesmith.api.routes.common import pretty
 from tunesmith.api.routes.tuned_models import service
 
-router = APIRouter(dependencies=[Depends(authenticate)])
+router = APIRouter()
 
 
 @router.post("/tunedModels/{model_id}/operations/{operation_id}:cancel")
@@ -24,7 +24,10 @@ def cancel_operation(
 
 @router.get("/tunedModels/{model_id}/operations/{operation_id}")
 def get_operation(
-    request: Request, model_id: str, operation_id: str, caller: Principal = Depends(authenticate)
+    request: Request,
+    model_id: str,
+    operation_id: str,
+    caller: Principal = Depends(authenticate_reader),
 ) -> Response:
     operation, snapshots, model = service(request).operation(caller, model_id, operation_id)
     return json_response(wire.operation_json(operation, snapshots, model), pretty=pretty(request))
@@ -32,7 +35,7 @@ def get_operation(
 
 @router.get("/tunedModels/{model_id}/operations")
 def list_operations(
-    request: Request, model_id: str, caller: Principal = Depends(authenticate)
+    request: Request, model_id: str, caller: Principal = Depends(authenticate_reader)
 ) -> Response:
     found = service(request).operations(caller, model_id)
     data = {"operations": [wire.operation_json(*item) for item in found]} if found else {}

@@ -6,12 +6,12 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from tunesmith.api import wire
-from tunesmith.api.auth import Principal, authenticate
+from tunesmith.api.auth import Principal, authenticate, authenticate_reader
 from tunesmith.api.responses import json_response
 from tunesmith.api.routes.common import body, pretty, query, query_int
 from tunesmith.api.service import TuningService
 
-router = APIRouter(dependencies=[Depends(authenticate)])
+router = APIRouter()
 
 
 def service(request: Request) -> TuningService:
@@ -28,7 +28,9 @@ async def create_tuned_model(
 
 
 @router.get("/tunedModels")
-def list_tuned_models(request: Request, caller: Principal = Depends(authenticate)) -> Response:
+def list_tuned_models(
+    request: Request, caller: Principal = Depends(authenticate_reader)
+) -> Response:
     models, token = service(request).list(
         caller,
         query_int(request, "pageSize"),
@@ -54,7 +56,7 @@ def cancel_tuning(
 
 @router.get("/tunedModels/{model_id}")
 def get_tuned_model(
-    request: Request, model_id: str, caller: Principal = Depends(authenticate)
+    request: Request, model_id: str, caller: Principal = Depends(authenticate_reader)
 ) -> Response:
     model = service(request).get(caller, model_id)
     return json_response(wire.tuned_model_json(model), pretty=pretty(request))
