@@ -83,6 +83,9 @@ class LiveServer:
             "TUNESMITH_PORT": str(self.port),
             "TUNESMITH_WORKER_POLL_SECONDS": "0.2",
             "TUNESMITH_BASE_MODEL_DIR": str(BASE_MODEL_CACHE),
+            # Tests poll fast and queue many jobs; quotas have their own test (test_quotas.py).
+            "TUNESMITH_QUOTA_REQUESTS_PER_MINUTE": "0",
+            "TUNESMITH_QUOTA_CONCURRENT_JOBS_PER_PROJECT": "0",
             **self.env,
         }
         log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")  # noqa: SIM115

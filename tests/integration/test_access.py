@@ -84,9 +84,8 @@ def create(client: httpx.Client, model_id: str | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def world(tiny_model_dir, tmp_path_factory) -> Iterator[World]:
-    env = {**tiny_env(tiny_model_dir), "TUNESMITH_QUOTA_REQUESTS_PER_MINUTE": "0"}
-    env["TUNESMITH_QUOTA_CONCURRENT_JOBS_PER_PROJECT"] = "0"
-    live = LiveServer(tmp_path_factory.mktemp("access") / "data", env).start()
+    live = LiveServer(tmp_path_factory.mktemp("access") / "data", tiny_env(tiny_model_dir))
+    live.start()
     keys = {email: live.new_api_key(email) for email in sorted({s.caller for s in SETUPS})}
     live.admin("users", "create", "nobody@example.com")  # only ever granted, never calls
     live.admin("groups", "create", "team@example.com")

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from tunesmith.api import errors
+from tunesmith.api import errors, openapi
 from tunesmith.api.auth import Credentials
 from tunesmith.api.routes import generate, models, operations, permissions, tuned_models
 from tunesmith.api.service import TuningService
@@ -54,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sharing = SharingService(repo)
     app.state.rate_limiter = RateLimiter(settings.quota_requests_per_minute)
     errors.install(app)
+    openapi.install(app)
     # Routes with a ':verb' suffix come before the plain ones that would also match them.
     for prefix in VERSIONS:
         for module in (generate, permissions, operations, tuned_models, models):

@@ -12,6 +12,7 @@ from starlette.responses import Response, StreamingResponse
 from tunesmith.api import wire
 from tunesmith.api.auth import Principal, authenticate_reader
 from tunesmith.api.errors import status_body
+from tunesmith.api.openapi import operation
 from tunesmith.api.responses import dumps, json_response
 from tunesmith.api.routes.common import body, pretty
 from tunesmith.api.routes.tuned_models import service
@@ -20,6 +21,7 @@ from tunesmith.serving.engine import StreamChunk
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+GENERATE_BODY = operation("GenerateContentRequest")
 
 
 async def _generate(
@@ -82,28 +84,28 @@ def _json_array(documents: Iterator[dict]) -> Iterator[str]:
     yield "[]" if separator == "[" else "]"
 
 
-@router.post("/tunedModels/{model_id}:generateContent")
+@router.post("/tunedModels/{model_id}:generateContent", openapi_extra=GENERATE_BODY)
 async def generate_tuned(
     request: Request, model_id: str, caller: Principal = Depends(authenticate_reader)
 ) -> Response:
     return await _generate(request, caller, model_id, None)
 
 
-@router.post("/tunedModels/{model_id}:streamGenerateContent")
+@router.post("/tunedModels/{model_id}:streamGenerateContent", openapi_extra=GENERATE_BODY)
 async def stream_tuned(
     request: Request, model_id: str, caller: Principal = Depends(authenticate_reader)
 ) -> Response:
     return await _stream(request, caller, model_id, None)
 
 
-@router.post("/models/{base_id}:generateContent")
+@router.post("/models/{base_id}:generateContent", openapi_extra=GENERATE_BODY)
 async def generate_base(
     request: Request, base_id: str, caller: Principal = Depends(authenticate_reader)
 ) -> Response:
     return await _generate(request, caller, None, base_id)
 
 
-@router.post("/models/{base_id}:streamGenerateContent")
+@router.post("/models/{base_id}:streamGenerateContent", openapi_extra=GENERATE_BODY)
 async def stream_base(
     request: Request, base_id: str, caller: Principal = Depends(authenticate_reader)
 ) -> Response:

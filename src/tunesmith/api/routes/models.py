@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from tunesmith.api import wire
 from tunesmith.api.auth import authenticate_reader
+from tunesmith.api.openapi import PAGING, operation
 from tunesmith.api.responses import json_response
 from tunesmith.api.routes.common import pretty, query, query_int
 from tunesmith.api.routes.tuned_models import service
@@ -15,7 +16,7 @@ from tunesmith.api.service import next_page_token, read_page
 router = APIRouter(dependencies=[Depends(authenticate_reader)])
 
 
-@router.get("/models")
+@router.get("/models", openapi_extra=operation(query=PAGING))
 def list_models(request: Request) -> Response:
     page = read_page(query_int(request, "pageSize"), query(request, "pageToken"), 50, "models")
     entries, more = service(request).list_base_models(page)

@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from tunesmith.api import wire
 from tunesmith.api.auth import Principal, authenticate
+from tunesmith.api.openapi import PAGING, operation
 from tunesmith.api.responses import json_response
 from tunesmith.api.routes.common import body, pretty, query, query_int
 from tunesmith.api.sharing import SharingService
@@ -18,7 +19,10 @@ def sharing(request: Request) -> SharingService:
     return request.app.state.sharing
 
 
-@router.post("/tunedModels/{model_id}:transferOwnership")
+@router.post(
+    "/tunedModels/{model_id}:transferOwnership",
+    openapi_extra=operation("TransferOwnershipRequest"),
+)
 async def transfer_ownership(
     request: Request, model_id: str, caller: Principal = Depends(authenticate)
 ) -> Response:
@@ -27,7 +31,7 @@ async def transfer_ownership(
     return json_response({}, pretty=pretty(request))
 
 
-@router.post("/tunedModels/{model_id}/permissions")
+@router.post("/tunedModels/{model_id}/permissions", openapi_extra=operation("Permission"))
 async def create_permission(
     request: Request, model_id: str, caller: Principal = Depends(authenticate)
 ) -> Response:
@@ -36,7 +40,7 @@ async def create_permission(
     return json_response(wire.permission_json(permission), pretty=pretty(request))
 
 
-@router.get("/tunedModels/{model_id}/permissions")
+@router.get("/tunedModels/{model_id}/permissions", openapi_extra=operation(query=PAGING))
 def list_permissions(
     request: Request, model_id: str, caller: Principal = Depends(authenticate)
 ) -> Response:
@@ -59,7 +63,10 @@ def get_permission(
     return json_response(wire.permission_json(permission), pretty=pretty(request))
 
 
-@router.patch("/tunedModels/{model_id}/permissions/{permission_id}")
+@router.patch(
+    "/tunedModels/{model_id}/permissions/{permission_id}",
+    openapi_extra=operation("Permission", {"updateMask": wire.STRING}),
+)
 async def update_permission(
     request: Request, model_id: str, permission_id: str, caller: Principal = Depends(authenticate)
 ) -> Response:

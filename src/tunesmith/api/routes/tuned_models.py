@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from tunesmith.api import wire
 from tunesmith.api.auth import Principal, authenticate, authenticate_reader
+from tunesmith.api.openapi import PAGING, operation
 from tunesmith.api.responses import json_response
 from tunesmith.api.routes.common import body, pretty, query, query_int
 from tunesmith.api.service import TuningService
@@ -18,7 +19,7 @@ def service(request: Request) -> TuningService:
     return request.app.state.service
 
 
-@router.post("/tunedModels")
+@router.post("/tunedModels", openapi_extra=operation("TunedModel", {"tunedModelId": wire.STRING}))
 async def create_tuned_model(
     request: Request, caller: Principal = Depends(authenticate)
 ) -> Response:
@@ -27,7 +28,7 @@ async def create_tuned_model(
     return json_response(wire.operation_json(operation, [], None), pretty=pretty(request))
 
 
-@router.get("/tunedModels")
+@router.get("/tunedModels", openapi_extra=operation(query={**PAGING, "filter": wire.STRING}))
 def list_tuned_models(
     request: Request, caller: Principal = Depends(authenticate_reader)
 ) -> Response:
@@ -62,7 +63,10 @@ def get_tuned_model(
     return json_response(wire.tuned_model_json(model), pretty=pretty(request))
 
 
-@router.patch("/tunedModels/{model_id}")
+@router.patch(
+    "/tunedModels/{model_id}",
+    openapi_extra=operation("TunedModel", {"updateMask": wire.STRING}),
+)
 async def update_tuned_model(
     request: Request, model_id: str, caller: Principal = Depends(authenticate)
 ) -> Response:
