@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import pytest
@@ -218,3 +219,15 @@ def test_revoked_key_is_invalid(server):
     assert reply.json()["error"]["details"][0]["reason"] == "API_KEY_INVALID"
     listing = server.admin("keys", "list")
     assert key not in listing  # keys are shown once, never listed
+
+
+def test_expired_access_token_is_401(server):
+    server.new_api_key("gus@example.com")
+    token = server.admin("auth", "print-access-token", "--user", "gus@example.com", "--ttl", "1")
+    time.sleep(2.5)
+    reply = httpx.get(
+        f"{server.url}/v1beta/tunedModels", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert reply.status_code == 401
+    assert reply.json()["error"]["status"] == "UNAUTHENTICATED"
+    assert 'error="invalid_token"' in reply.headers["www-authenticate"]
