@@ -204,7 +204,9 @@ class Credentials:
         requested_project: str | None,
     ) -> Principal:
         """The caller with its groups and projects, billed to the project it asked for (it
-        must be a member), else its key's project, else its own."""
+        must be a member), else its key's project, else its own. A project id this server
+        does not know is not an error: the tutorials send a placeholder (`my-project-id`),
+        and billing such a request to the caller's own project gives no way around a quota."""
         found = self.repo.membership(principal_id)
         if found is None or found[0].kind != "user":
             raise bad_token() if scopes is not None else bad_api_key()
@@ -212,9 +214,10 @@ class Credentials:
         project = key_project or account.default_project
         if requested_project:
             resolved = self.repo.project(requested_project)
-            if resolved is None or resolved[0] not in projects:
-                raise project_denied(requested_project)
-            project = resolved[0]
+            if resolved is not None:
+                if resolved[0] not in projects:
+                    raise project_denied(requested_project)
+                project = resolved[0]
         return Principal(account.id, account.email, scopes, project, groups, projects)
 
 
