@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     torch_threads: int = 0  # 0: torch's own default
     access_token_ttl_seconds: int = 3600
 
+    # Observability: "json" writes one JSON object per log line; /metrics without
+    # credentials when true, with a reader's when false, unset: only while host is loopback.
+    log_format: str = Field("text", pattern="^(text|json)$")
+    metrics_public: bool | None = None
+
     # Quotas; 0 turns one off.
     quota_tuned_models_per_project: int = 100
     quota_concurrent_jobs_per_project: int = 4

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 from tunesmith.config import Settings, get_settings
+from tunesmith.observability import logs
 
 
 def configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("TUNESMITH_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
-    )
+    """Text or JSON lines (TUNESMITH_LOG_FORMAT) on stderr, with each line's context (its
+    request id, its operation)."""
+    logs.configure(os.environ.get("TUNESMITH_LOG_LEVEL", "INFO"), get_settings().log_format)
 
 
 def local_settings(**overrides) -> Settings:

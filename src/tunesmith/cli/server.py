@@ -86,7 +86,15 @@ def serve(
     pool = WorkerPool(settings, settings.workers)
     pool.start()
     try:
-        uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
+        # Tunesmith writes the access log itself (no query strings: they may hold keys), and
+        # uvicorn's own lines go through the same handler (log_config=None).
+        uvicorn.run(
+            application,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+        )
     finally:
         pool.stop()
 

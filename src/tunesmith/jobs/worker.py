@@ -24,6 +24,7 @@ from tunesmith.domain.resources import (
     JobStatus,
     TuningSnapshot,
 )
+from tunesmith.observability.logs import log_fields
 from tunesmith.store.repository import LeaseLost, Repository, utcnow
 from tunesmith.training.base_models import Catalog, LoadedBaseModel, load_base_model
 from tunesmith.training.lora import Checkpoint, StepResult, train_lora
@@ -46,6 +47,10 @@ def trained_adapter(settings: Settings, repo: Repository, tuned_model_id: str) -
     return adapter_dir(settings, tuned_model_id, operations[-1].id) if operations else None
 
 
+def operation_name(job: ClaimedJob) -> str:
+    return f"tunedModels/{job.tuned_model_id}/operations/{job.operation_id}"
+
+
 class Cancelled(Exception):
     pass
 
@@ -61,6 +66,11 @@ class Heartbeat(threading.Thread):
         self.lost = False
 
     def run(self) -> None:
+        # A new thread starts with an empty context: name the job in its log lines again.
+        with log_fields(operation=operation_name(self.job)):
+            self._renew_until_stopped()
+
+    def _renew_until_stopped(self) -> None:
         while not self.stopped.wait(self.lease / 3):
             try:
                 self.cancel_requested |= self.repo.renew_lease(
@@ -90,6 +100,11 @@ class Worker:
         job = self.repo.claim_job(self.worker_id, self.settings.job_lease_seconds)
         if job is None:
             return False
+        with log_fields(operation=operation_name(job)):
+            self._run_claimed(job)
+        return True
+
+    def _run_claimed(self, job: ClaimedJob) -> None:
         log.info("claimed %s (attempt %d)", job.operation_id, job.attempt)
         heartbeat = Heartbeat(self.repo, job, self.worker_id, self.settings.job_lease_seconds)
         heartbeat.start()
@@ -105,7 +120,6 @@ class Worker:
             raise
         finally:
             heartbeat.stopped.set()
-        return True
 
     def _run(self, job: ClaimedJob, heartbeat: Heartbeat) -> None:
         if job.cancel_requested:
@@ -134,14 +148,16 @@ class Worker:
 
         def on_step(result: StepResult) -> None:
             snapshot = TuningSnapshot(result.step, result.epoch, result.mean_loss, utcnow())
-            cancel = self.repo.record_step(job.operation_id, self.worker_id, snapshot, lease)
+            cancel = self.repo.record_step(
+                job.operation_id, self.worker_id, snapshot, lease, tokens=result.tokens
+            )
             if cancel or heartbeat.cancel_requested:
                 raise Cancelled
             if heartbeat.lost:
                 raise LeaseLost(job.operation_id)
 
-        def on_resume(step: int) -> None:
-            self.repo.rewind(job.operation_id, self.worker_id, step)
+        def on_resume(step: int, tokens: int) -> None:
+            self.repo.rewind(job.operation_id, self.worker_id, step, trained_tokens=tokens)
 
         source = job.source_tuned_model
         init = self.trained_adapter(source.removeprefix("tunedModels/")) if source else None

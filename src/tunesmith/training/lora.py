@@ -36,7 +36,7 @@ class StepResult:
     step: int
     epoch: int
     mean_loss: float
-    tokens: int  # tokens the step trained on (prompt and answer, no padding)
+    tokens: int  # tokens the step trained on: see batch_tokens
 
 
 def epoch_stream(examples: int, epochs: int, seed: int) -> list[int]:
@@ -50,7 +50,24 @@ def epoch_stream(examples: int, epochs: int, seed: int) -> list[int]:
     return stream
 
 
-def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int):
+Pair = tuple[list[int], list[int]]  # (prompt ids, answer ids) of one example
+
+
+def step_batches(encoded: list[Pair], stream: list[int], batch_size: int) -> list[list[Pair]]:
+    """Every step's batch, in order (step n trains on batches[n - 1])."""
+    steps = range(1, total_steps(len(stream), 1, batch_size) + 1)  # the stream holds every epoch
+    bounds = (batch_bounds(step, batch_size, len(stream)) for step in steps)
+    return [[encoded[i] for i in stream[start:end]] for start, end in bounds]
+
+
+def batch_tokens(pairs: list[Pair]) -> int:
+    """The tokens a batch trains on: each example's prompt (BOS and turn markers included)
+    and answer (its end token included), as the forward pass reads them; padding is not
+    counted. The loss is taken on the answer tokens only, but every one of these is computed."""
+    return sum(len(prompt) + len(answer) for prompt, answer in pairs)
+
+
+def collate(pairs: list[Pair], pad_id: int):
     """Right-padded ids, attention mask, and labels that are IGNORE outside the answer."""
     width = max(len(p) + len(a) for p, a in pairs)
     ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
@@ -135,15 +152,17 @@ def train_lora(
     adapter_out: Path,
     checkpoint: Checkpoint,
     on_step: Callable[[StepResult], None],
-    on_resume: Callable[[int], None] = lambda step: None,
+    on_resume: Callable[[int, int], None] = lambda step, tokens: None,
     init_adapter: Path | None = None,
     checkpoint_interval: float = 10.0,
 ) -> None:
-    """Trains a LoRA adapter and saves it (peft format) to `adapter_out`."""
+    """Trains a LoRA adapter and saves it (peft format) to `adapter_out`. `on_resume` gets
+    the steps a checkpoint already holds and the tokens those steps trained on."""
     torch.manual_seed(seed)
     encoded = [base.codec.encode_example(e.text_input, e.output) for e in examples]
     stream = epoch_stream(len(examples), hp.epoch_count, seed)
-    steps = total_steps(len(examples), hp.epoch_count, hp.batch_size)
+    batches = step_batches(encoded, stream, hp.batch_size)
+    steps = len(batches)
     pad_id = base.tokenizer.pad_token_id or 0
 
     model = attach_lora(base, init_adapter)
@@ -152,18 +171,18 @@ def train_lora(
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=0.0)
         done = checkpoint.restore(model, optimizer)
-        on_resume(done)
+        on_resume(done, sum(batch_tokens(pairs) for pairs in batches[:done]))
         causal_lm = model.get_base_model()
         saved_at = time.monotonic()
         for step in range(done + 1, steps + 1):
-            start, end = batch_bounds(step, hp.batch_size, len(stream))
-            ids, mask, labels = collate([encoded[i] for i in stream[start:end]], pad_id)
+            pairs = batches[step - 1]
+            ids, mask, labels = collate(pairs, pad_id)
             loss = answer_loss(causal_lm, ids, mask, labels)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             epoch = epoch_after_step(step, hp.batch_size, len(examples))
-            on_step(StepResult(step, epoch, loss.item(), int(mask.sum())))
+            on_step(StepResult(step, epoch, loss.item(), batch_tokens(pairs)))
             if step < steps and time.monotonic() - saved_at >= checkpoint_interval:
                 checkpoint.save(model, optimizer, step)
                 saved_at = time.monotonic()
