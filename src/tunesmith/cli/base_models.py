@@ -3,10 +3,42 @@
 from __future__ import annotations
 
 import typer
+from rich.table import Table
 
+from tunesmith.cli.client import connect, console, fitted, print_json, reports_errors
 from tunesmith.cli.common import configure_logging, local_settings
 
-base_models_app = typer.Typer(help="The base model catalog.")
+base_models_app = typer.Typer(help="The base model catalog.", no_args_is_help=True)
+
+
+@base_models_app.command("list")
+@reports_errors
+def list_base_models(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts"),
+) -> None:
+    """The base models the server can tune and generate from."""
+    models = list(connect().pages("/models", "models"))
+    if as_json:
+        print_json(models)
+        return
+    rows = [
+        [
+            model["name"],
+            model.get("displayName", ""),
+            str(model.get("inputTokenLimit", "")),
+            str(model.get("outputTokenLimit", "")),
+        ]
+        for model in models
+    ]
+    table = Table(
+        fitted("Name", [r[0] for r in rows]),
+        "Display name",
+        "Input tokens",
+        "Output tokens",
+    )
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 @base_models_app.command("prepare")

@@ -767,17 +767,22 @@ class Repository:
             )
 
     def record_step(
-        self, operation_id: str, worker_id: str, snapshot: TuningSnapshot, lease_seconds: float
+        self,
+        operation_id: str,
+        worker_id: str,
+        snapshot: TuningSnapshot,
+        lease_seconds: float,
+        tokens: int = 0,
     ) -> bool:
-        """Stores a step's snapshot and progress, renewing the lease; returns whether
-        cancellation was asked for."""
+        """Stores a step's snapshot and progress and adds the `tokens` it trained on,
+        renewing the lease; returns whether cancellation was asked for."""
         with self._tx() as c:
             row = self._held(c, operation_id, worker_id)
-            c.execute(
+            replaced = c.execute(
                 delete(snapshots).where(
                     snapshots.c.operation_id == operation_id, snapshots.c.step == snapshot.step
                 )
-            )
+            ).rowcount
             c.execute(
                 insert(snapshots).values(
                     operation_id=operation_id,
@@ -792,14 +797,21 @@ class Repository:
                 .where(operations.c.id == operation_id)
                 .values(
                     completed_steps=snapshot.step,
+                    # A step stored again trained on the same batch: its tokens count once.
+                    trained_tokens=operations.c.trained_tokens + (0 if replaced else tokens),
                     lease_expires_at=snapshot.compute_time + timedelta(seconds=lease_seconds),
                     update_time=snapshot.compute_time,
                 )
             )
         return bool(row.cancel_requested)
 
-    def rewind(self, operation_id: str, worker_id: str, step: int) -> None:
-        """Forgets progress past `step`, where a resumed job picks up from its checkpoint."""
+    def rewind(self, operation_id: str, worker_id: str, step: int, trained_tokens: int = 0) -> None:
+        """Forgets progress past `step`, where a resumed job picks up from its checkpoint.
+
+        `trained_tokens` is what steps 1..`step` trained on, and replaces the stored count:
+        snapshots keep no per-step token count to subtract, but a job's batches are fixed by
+        its seed, so the worker recomputes it (0 for a fresh start). Steps past `step` are
+        trained again and count again, once."""
         with self._tx() as c:
             self._held(c, operation_id, worker_id)
             c.execute(
@@ -810,7 +822,7 @@ class Repository:
             c.execute(
                 update(operations)
                 .where(operations.c.id == operation_id)
-                .values(completed_steps=step)
+                .values(completed_steps=step, trained_tokens=trained_tokens)
             )
 
     def finish_job(
@@ -848,3 +860,79 @@ class Repository:
             .where(tuned_models.c.id == model_id)
             .values(state=int(state), update_time=now, complete_time=now)
         )
+
+    # ------------------------------------------------------------ metrics (read-only)
+
+    def count_jobs_by_status(self) -> dict[JobStatus, int]:
+        query = select(operations.c.status, func.count()).group_by(operations.c.status)
+        with self.engine.connect() as c:
+            return {JobStatus(status): count for status, count in c.execute(query)}
+
+    def count_tuned_models_by_state(self) -> dict[TunedModelState, int]:
+        query = select(tuned_models.c.state, func.count()).group_by(tuned_models.c.state)
+        with self.engine.connect() as c:
+            return {TunedModelState(state): count for state, count in c.execute(query)}
+
+    def training_totals(self) -> tuple[int, int]:
+        """(steps completed, tokens trained on), summed over every stored tuning job."""
+        query = select(
+            func.coalesce(func.sum(operations.c.completed_steps), 0),
+            func.coalesce(func.sum(operations.c.trained_tokens), 0),
+        )
+        with self.engine.connect() as c:
+            steps, tokens = c.execute(query).one()
+        return int(steps), int(tokens)
+
+    # ------------------------------------------------------------ imported adapters
+
+    def import_tuned_model(
+        self, model: TunedModel, operation_id: str, owner_email: str, quota: ProjectQuota
+    ) -> None:
+        """An ACTIVE tuned model from an imported adapter: the model, its owner's
+        permission and a finished operation of no steps (the operation names the adapter's
+        folder, as a tuning job's does), in one transaction."""
+        try:
+            with self._tx() as c:
+                self._check_quota(c, model.project_number, quota)
+                hp = model.hyperparameters
+                c.execute(
+                    insert(tuned_models).values(
+                        id=model.id,
+                        base_model=model.base_model,
+                        display_name=model.display_name,
+                        description=model.description,
+                        temperature=model.temperature,
+                        top_p=model.top_p,
+                        top_k=model.top_k,
+                        state=int(TunedModelState.ACTIVE),
+                        epoch_count=hp.epoch_count,
+                        batch_size=hp.batch_size,
+                        learning_rate=hp.learning_rate,
+                        owner_id=model.owner_id,
+                        project_number=model.project_number,
+                        create_time=model.create_time,
+                        update_time=model.update_time,
+                    )
+                )
+                self._grant_owner(c, model, owner_email)
+                c.execute(
+                    insert(operations).values(
+                        id=operation_id,
+                        tuned_model_id=model.id,
+                        status=JobStatus.SUCCEEDED.value,
+                        base_model=model.base_model,
+                        training_data="[]",
+                        total_steps=0,
+                        completed_steps=0,
+                        seed=0,
+                        cancel_requested=False,
+                        attempts=0,
+                        project_number=model.project_number,
+                        create_time=model.create_time,
+                        update_time=model.create_time,
+                    )
+                )
+        except IntegrityError as error:
+            raise ServiceError(
+                Code.ALREADY_EXISTS, f"Tuned model {model.name} already exists."
+            ) from error

@@ -1,0 +1,311 @@
+"""Adapters in and out of Tunesmith.
+
+Out: a tuned model as a PEFT adapter folder (what `peft` loads onto the base model) or as
+the base model with the adapter merged in (what `transformers` loads alone). Both carry the
+base model's tokenizer with a chat template that renders Tunesmith's own prompt frame, so
+`apply_chat_template` gives the exact token ids the server generates from.
+
+In: a PEFT LoRA adapter from anywhere, checked against the base model's layer shapes
+before it is stored where the worker stores the adapters it trains.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from tunesmith.domain.resources import Turn
+from tunesmith.training.prompt import PromptCodec, detect_prompt_format
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MAX_RANK = 256
+LORA_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<matrix>[AB])\.weight")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# LoRA variants that need tensors or layers beyond plain A/B matrices on linear layers.
+UNSUPPORTED_OPTIONS = {
+    "use_dora": "DoRA adapters",
+    "modules_to_save": "adapters that also save whole modules (modules_to_save)",
+    "trainable_token_indices": "adapters that train token embeddings",
+    "lora_bias": "adapters with LoRA biases",
+    "target_parameters": "adapters on parameters rather than modules",
+}
+
+
+class InvalidAdapter(ValueError):
+    """An imported adapter the server cannot serve: `where` names the file or field."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(problem)
+        self.where, self.problem = where, problem
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    temperature: float
+    top_p: float
+    top_k: int
+
+
+# ---------------------------------------------------------------- export
+
+
+def chat_template(codec: PromptCodec) -> str:
+    """A Jinja chat template rendering `codec`'s prompt frame, BOS token included exactly
+    when the codec adds one."""
+    fmt = codec.format
+
+    def literal(text: str) -> str:
+        return "{{ " + json.dumps(text) + " }}"
+
+    bare = codec.tokenizer(fmt.render([Turn("user", "")]), add_special_tokens=False)["input_ids"]
+    adds_bos = len(codec.encode_prompt([Turn("user", "")])) > len(bare)
+    return (
+        ("{{ bos_token }}" if adds_bos else "")
+        + "{% for message in messages %}{% if message['role'] == 'user' %}"
+        + literal(fmt.user_open)
+        + "{{ message['content'] }}"
+        + literal(fmt.user_close)
+        + "{% else %}"
+        + literal(fmt.model_open)
+        + "{{ message['content'] }}"
+        + literal(fmt.model_close)
+        + "{% endif %}{% endfor %}{% if add_generation_prompt %}"
+        + literal(fmt.model_open)
+        + "{% endif %}"
+    )
+
+
+def _save_tokenizer(base_folder: Path, out: Path) -> PromptCodec:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_folder)
+    codec = PromptCodec(tokenizer, detect_prompt_format(tokenizer))
+    tokenizer.chat_template = chat_template(codec)
+    tokenizer.save_pretrained(out)
+    return codec
+
+
+def export_peft(adapter: Path, base_folder: Path, base_name: str, out: Path) -> None:
+    """The adapter as trained, its config naming the catalog base model rather than a path
+    on the server, with the tokenizer beside it."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = json.loads((adapter / ADAPTER_CONFIG).read_text())
+    config["base_model_name_or_path"] = base_name
+    (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copyfile(adapter / ADAPTER_WEIGHTS, out / ADAPTER_WEIGHTS)
+    _save_tokenizer(base_folder, out)
+
+
+def export_merged(adapter: Path, base_folder: Path, out: Path, defaults: SamplingDefaults) -> None:
+    """The base model's float32 weights with the adapter merged in. Its generation config
+    stops where the server stops and samples with the tuned model's defaults."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    codec = _save_tokenizer(base_folder, out)
+    generation = merged.generation_config
+    generation.eos_token_id = codec.stop_token_ids
+    generation.do_sample = defaults.temperature > 0
+    generation.temperature = defaults.temperature
+    generation.top_p = defaults.top_p
+    generation.top_k = defaults.top_k
+    merged.save_pretrained(out)
+
+
+# ---------------------------------------------------------------- import
+
+
+@lru_cache(maxsize=8)
+def linear_shapes(base_folder: Path) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of every linear layer of the base model, read from a
+    weightless copy of it."""
+    module = _skeleton(base_folder)
+    return {
+        name: (layer.in_features, layer.out_features)
+        for name, layer in module.named_modules()
+        if isinstance(layer, torch.nn.Linear)
+    }
+
+
+def _skeleton(base_folder: Path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base_folder)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def read_adapter_config(raw: bytes) -> dict[str, Any]:
+    """adapter_config.json as a dict, if it describes a plain LoRA adapter for causal LMs."""
+    try:
+        config = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidAdapter(
+            ADAPTER_CONFIG, f"{ADAPTER_CONFIG} is not valid JSON: {error}"
+        ) from None
+    if not isinstance(config, dict):
+        raise InvalidAdapter(ADAPTER_CONFIG, f"{ADAPTER_CONFIG} must hold a JSON object")
+    if config.get("peft_type") != "LORA":
+        raise InvalidAdapter(
+            f"{ADAPTER_CONFIG}.peft_type",
+            f"only LoRA adapters can be imported; peft_type is {config.get('peft_type')!r}",
+        )
+    if config.get("task_type") not in (None, "CAUSAL_LM"):
+        raise InvalidAdapter(
+            f"{ADAPTER_CONFIG}.task_type",
+            f"task_type must be CAUSAL_LM, got {config.get('task_type')!r}",
+        )
+    _check_number(config, "r", int, MAX_RANK)
+    _check_number(config, "lora_alpha", (int, float), None)
+    for option, what in UNSUPPORTED_OPTIONS.items():
+        if config.get(option):
+            raise InvalidAdapter(
+                f"{ADAPTER_CONFIG}.{option}", f"{what} cannot be imported; {option} must be unset"
+            )
+    targets = config.get("target_modules")
+    if not (_is_pattern(targets) or _is_string_list(targets)):
+        raise InvalidAdapter(
+            f"{ADAPTER_CONFIG}.target_modules",
+            "target_modules must be a list of module names or a regular expression",
+        )
+    return config
+
+
+def _is_pattern(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
+
+
+def _check_number(config: dict[str, Any], name: str, kind, most: int | None) -> None:
+    value = config.get(name)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        raise InvalidAdapter(
+            f"{ADAPTER_CONFIG}.{name}", f"{name} must be a positive number, got {value!r}"
+        )
+    if most is not None and value > most:
+        raise InvalidAdapter(f"{ADAPTER_CONFIG}.{name}", f"{name} must be at most {most}")
+
+
+def _is_string_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+
+
+def read_adapter_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise InvalidAdapter(
+            ADAPTER_WEIGHTS, f"{ADAPTER_WEIGHTS} is not a readable safetensors file: {error}"
+        ) from None
+    if not tensors:
+        raise InvalidAdapter(ADAPTER_WEIGHTS, f"{ADAPTER_WEIGHTS} holds no tensors")
+    return tensors
+
+
+def check_weights(
+    config: dict[str, Any], tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, int]]
+) -> None:
+    """Every tensor is the A or B matrix of a LoRA on a targeted linear layer of the base
+    model, with the layer's shapes and one rank, in floating point and finite."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        match = LORA_KEY.fullmatch(key)
+        if match is None:
+            raise InvalidAdapter(
+                ADAPTER_WEIGHTS,
+                f"tensor {key!r} is not a LoRA weight (base_model.model.<module>.lora_A.weight "
+                "or .lora_B.weight)",
+            )
+        if tensor.dtype not in FLOAT_DTYPES or not bool(torch.isfinite(tensor).all()):
+            raise InvalidAdapter(
+                ADAPTER_WEIGHTS,
+                f"tensor {key!r} must be finite float32, float16 or bfloat16 ({tensor.dtype})",
+            )
+        pairs.setdefault(match["module"], {})[match["matrix"]] = tensor
+    for module, pair in pairs.items():
+        _check_module(config, module, pair, shapes)
+
+
+def _check_module(
+    config: dict[str, Any],
+    module: str,
+    pair: dict[str, torch.Tensor],
+    shapes: dict[str, tuple[int, int]],
+) -> None:
+    if module not in shapes:
+        raise InvalidAdapter(
+            ADAPTER_WEIGHTS, f"the base model has no linear layer {module!r} for the adapter"
+        )
+    if not _targeted(config["target_modules"], module):
+        raise InvalidAdapter(
+            f"{ADAPTER_CONFIG}.target_modules",
+            f"the weights adapt {module!r}, which target_modules does not name",
+        )
+    if set(pair) != {"A", "B"}:
+        raise InvalidAdapter(ADAPTER_WEIGHTS, f"{module!r} needs both lora_A and lora_B weights")
+    a, b = pair["A"], pair["B"]
+    rank = a.shape[0] if a.dim() == 2 else 0
+    in_features, out_features = shapes[module]
+    if (
+        not 0 < rank <= MAX_RANK
+        or tuple(a.shape) != (rank, in_features)
+        or tuple(b.shape) != (out_features, rank)
+    ):
+        raise InvalidAdapter(
+            ADAPTER_WEIGHTS,
+            f"{module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; the base "
+            f"model's layer needs (r, {in_features}) and ({out_features}, r) with r <= {MAX_RANK}",
+        )
+    if rank != config["r"] and not config.get("rank_pattern"):
+        raise InvalidAdapter(
+            f"{ADAPTER_CONFIG}.r", f"r is {config['r']} but {module!r} has rank {rank}"
+        )
+
+
+def _targeted(targets: str | list[str], module: str) -> bool:
+    if isinstance(targets, str):
+        return targets == "all-linear" or re.fullmatch(targets, module) is not None
+    return module.rsplit(".", 1)[-1] in targets or module in targets
+
+
+def store_imported_adapter(
+    config: dict[str, Any], weights: Path, base_folder: Path, base_name: str, out: Path
+) -> None:
+    """Checks an adapter (its config read by `read_adapter_config`) against the base model
+    and writes it to `out` in the layout the worker writes."""
+    config = dict(config)
+    tensors = read_adapter_weights(weights)
+    check_weights(config, tensors, linear_shapes(base_folder))
+    config["base_model_name_or_path"] = base_name
+    config["inference_mode"] = True
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    save_file({k: t.contiguous() for k, t in tensors.items()}, out / ADAPTER_WEIGHTS)
+    _check_peft_loads(base_folder, out)
+
+
+def _check_peft_loads(base_folder: Path, adapter: Path) -> None:
+    """peft itself reads the stored adapter onto a weightless base model, as serving will."""
+    from peft import PeftModel
+
+    try:
+        PeftModel.from_pretrained(_skeleton(base_folder), adapter, low_cpu_mem_usage=True)
+    except Exception as error:  # peft raises many kinds; each means the adapter is unusable
+        raise InvalidAdapter(ADAPTER_CONFIG, f"peft cannot load the adapter: {error}") from None
