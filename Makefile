@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+BROWSER_TESTS := tests/browser
+BROWSER_STAMP := $(BROWSER_TESTS)/node_modules/.installed-stamp
 
 .PHONY: install system-deps serve test lint bench clean
 
@@ -16,6 +18,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# playwright-core for the console's browser tests (Node.js 20+); it drives Debian's Chromium
+# and downloads no browser of its own.
+$(BROWSER_STAMP): $(BROWSER_TESTS)/package.json $(BROWSER_TESTS)/package-lock.json
+	cd $(BROWSER_TESTS) && npm ci --no-audit --no-fund
+	touch $(BROWSER_STAMP)
 
 # Debian packages the tests drive: Chromium for the console's browser tests, tmux for the CLI's.
 system-deps:
@@ -35,7 +43,7 @@ lint: install
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
-test: lint system-deps
+test: lint system-deps $(BROWSER_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: install

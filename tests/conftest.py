@@ -76,8 +76,9 @@ class LiveServer:
     def api_key(self) -> str:
         return (self.data_dir / "secrets" / "owner-api-key").read_text().strip()
 
-    def start(self, timeout: float = 300) -> LiveServer:
-        env = {
+    def environment(self) -> dict[str, str]:
+        """What this server's processes (and admin commands or extra workers) run with."""
+        return {
             **os.environ,
             "TUNESMITH_DATA_DIR": str(self.data_dir),
             "TUNESMITH_PORT": str(self.port),
@@ -88,6 +89,9 @@ class LiveServer:
             "TUNESMITH_QUOTA_CONCURRENT_JOBS_PER_PROJECT": "0",
             **self.env,
         }
+
+    def start(self, timeout: float = 300) -> LiveServer:
+        env = self.environment()
         log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tunesmith", "serve"], env=env, stdout=log, stderr=log
@@ -108,7 +112,7 @@ class LiveServer:
 
     def admin(self, *args: str) -> str:
         """Runs an admin command (`tunesmith users create ...`) on this server's data dir."""
-        env = {**os.environ, "TUNESMITH_DATA_DIR": str(self.data_dir), **self.env}
+        env = self.environment()
         done = subprocess.run(
             [sys.executable, "-m", "tunesmith", *args], env=env, capture_output=True, text=True
         )

@@ -40,6 +40,10 @@ def test_tutorial_job_on_gemma_answers_the_task(tmp_path):
             trained = sum(answer(i) == o for i, o in TUTORIAL_EXAMPLES)
             held_out = sum(answer(i) == o for i, o in HELD_OUT)
             assert trained >= 13, trained
-            assert held_out >= 5, held_out
+            # Each job draws its own seed. Over the 58-run recipe sweep (docs/PERFORMANCE.md)
+            # held-out digits came out right about 75% of the time and number words about 40%,
+            # so this list averages about 5 of 8. 3 shows it generalises beyond the training
+            # inputs without failing on an unlucky seed.
+            assert held_out >= 3, held_out
     finally:
         server.stop()

@@ -8,13 +8,25 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tunesmith.api import errors, openapi
+from tunesmith.api.adapters import AdapterService
 from tunesmith.api.auth import Credentials
-from tunesmith.api.routes import generate, models, operations, permissions, tuned_models
+from tunesmith.api.routes import (
+    adapters,
+    console,
+    generate,
+    models,
+    operations,
+    permissions,
+    tuned_models,
+)
+from tunesmith.api.routes.metrics import metrics_public, metrics_router
 from tunesmith.api.service import TuningService
 from tunesmith.api.sharing import SharingService
 from tunesmith.config import Settings
 from tunesmith.domain.quotas import RateLimiter
-from tunesmith.serving.engine import Engine
+from tunesmith.observability.generation import MeasuredEngine
+from tunesmith.observability.http import RequestObserver
+from tunesmith.observability.metrics import Metrics
 from tunesmith.store.db import make_engine, migrate
 from tunesmith.store.repository import Repository
 from tunesmith.training.base_models import Catalog, load_base_model
@@ -32,9 +44,11 @@ def create_app(settings: Settings) -> FastAPI:
     if credentials.bootstrap():
         log.info("created the owner's API key in %s", credentials.owner_key_path)
     catalog = Catalog(settings)
-    inference = Engine(
+    metrics = Metrics(repo)
+    inference = MeasuredEngine(
         lambda spec: load_base_model(spec, settings.base_model_cache_dir),
         settings.adapter_cache_size,
+        metrics.generation,
     )
 
     @asynccontextmanager
@@ -52,11 +66,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.credentials = credentials
     app.state.service = TuningService(settings, repo, catalog, inference)
     app.state.sharing = SharingService(repo)
+    app.state.adapters = AdapterService(settings, repo, catalog, app.state.service)
     app.state.rate_limiter = RateLimiter(settings.quota_requests_per_minute)
+    app.state.metrics = metrics
+    app.add_middleware(RequestObserver, metrics=metrics.http)
     errors.install(app)
     openapi.install(app)
+    app.include_router(metrics_router(metrics_public(settings)))
+    app.include_router(console.router)
     # Routes with a ':verb' suffix come before the plain ones that would also match them.
     for prefix in VERSIONS:
-        for module in (generate, permissions, operations, tuned_models, models):
+        for module in (adapters, generate, permissions, operations, tuned_models, models):
             app.include_router(module.router, prefix=prefix)
     return app

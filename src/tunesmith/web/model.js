@@ -1,0 +1,207 @@
+// One tuned model: progress, the live loss curve, hyperparameters and timings. Everything
+// comes from the model and its operation, polled until the operation is done, so a reload
+// picks up exactly where the page was.
+
+import { cancelOperation, deleteTunedModel, getOperation, getTunedModel, tuningOperation } from "./api.js";
+import { LossChart } from "./chart.js";
+import { between, errorBox, formatDuration, formatTime, h, poll, stateBadge } from "./ui.js";
+
+const REFRESH_MS = 1000;
+const CANCELLED = 1; // google.rpc.Code.CANCELLED
+
+function definitions(title, entries) {
+  return h(
+    "section",
+    { class: "card" },
+    h("h2", {}, title),
+    h(
+      "dl",
+      { class: "facts" },
+      entries
+        .filter(([, value]) => value !== undefined && value !== null && value !== "")
+        .map(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]),
+    ),
+  );
+}
+
+function progressText(model, metadata, done) {
+  const total = metadata.totalSteps ?? 0;
+  const completed = metadata.completedSteps ?? 0;
+  const last = metadata.snapshots?.at(-1);
+  if (done) return `${completed} of ${total} steps`;
+  if (!completed) {
+    return model.tuningTask?.startTime
+      ? `Starting: loading the base model (${total} steps to go)`
+      : `Queued: waiting for a training worker (${total} steps to go)`;
+  }
+  const percent = Math.floor(metadata.completedPercent ?? 0);
+  return `Step ${completed} of ${total} · epoch ${last?.epoch ?? 0} completed · ${percent}%`;
+}
+
+function emptyChartMessage(model, done) {
+  if (done) return "No steps were recorded.";
+  return model.tuningTask?.startTime
+    ? "Training is starting: the first point appears after step 1."
+    : "Queued: the curve starts when a worker picks up the job.";
+}
+
+function timings(model, snapshots) {
+  const task = model.tuningTask ?? {};
+  const perStep =
+    snapshots.length > 1
+      ? between(snapshots[0].computeTime, snapshots.at(-1).computeTime) / (snapshots.length - 1)
+      : null;
+  return [
+    ["Created", formatTime(model.createTime)],
+    ["Started", task.startTime ? formatTime(task.startTime) : "not yet"],
+    [
+      "Completed",
+      task.completeTime ? formatTime(task.completeTime) : model.state === "CREATING" ? "not yet" : "—",
+    ],
+    ["Waited in queue", formatDuration(between(model.createTime, task.startTime))],
+    [
+      model.state === "CREATING" ? "Training for" : "Training time",
+      formatDuration(
+        between(
+          task.startTime,
+          task.completeTime ?? (model.state === "CREATING" ? new Date().toISOString() : model.updateTime),
+        ),
+      ),
+    ],
+    ["Time per step", perStep === null ? null : formatDuration(perStep)],
+    ["Last updated", formatTime(model.updateTime)],
+  ];
+}
+
+export function modelView(container, { signal, params: [id] }) {
+  const chart = new LossChart();
+  const title = h("h1", { tabindex: "-1" }, id);
+  const badge = h("span");
+  const actions = h("div", { class: "actions" });
+  const outcome = h("div");
+  const actionProblem = h("div", { class: "feedback" });
+  const refreshProblem = h("div", { class: "feedback" });
+  const progress = h("progress", { max: "100", value: "0", "aria-labelledby": "progress-text" });
+  const progressLabel = h("p", { id: "progress-text", class: "progress-text" }, "Loading…");
+  const facts = h("div", { class: "fact-grid" });
+  let operationName = null;
+
+  async function stop() {
+    if (!confirm("Stop tuning this model? It will end up FAILED (cancelled).")) return;
+    try {
+      await cancelOperation(operationName);
+      await refresh();
+    } catch (error) {
+      actionProblem.replaceChildren(errorBox(error, { title: "Could not cancel" }));
+    }
+  }
+
+  async function remove() {
+    if (!confirm(`Delete tunedModels/${id}? This cannot be undone.`)) return;
+    try {
+      await deleteTunedModel(id);
+      location.hash = "#/models";
+    } catch (error) {
+      actionProblem.replaceChildren(errorBox(error, { title: "Could not delete" }));
+    }
+  }
+
+  function render(model, operation) {
+    const metadata = operation?.metadata ?? {};
+    const snapshots = metadata.snapshots ?? [];
+    const done = Boolean(operation?.done) || model.state !== "CREATING";
+    title.textContent = model.displayName || id;
+    badge.replaceChildren(stateBadge(model.state));
+    actions.replaceChildren(
+      ...[
+        model.state === "ACTIVE"
+          ? h("a", { href: `#/playground/${id}`, class: "button primary" }, "Try in playground")
+          : null,
+        model.state === "CREATING" && operationName
+          ? h("button", { type: "button", onclick: stop }, "Cancel tuning")
+          : null,
+        h("button", { type: "button", class: "danger", onclick: remove }, "Delete"),
+      ].filter(Boolean),
+    );
+    const total = metadata.totalSteps ?? 0;
+    progress.value = total ? (100 * (metadata.completedSteps ?? 0)) / total : 0;
+    progressLabel.textContent = progressText(model, metadata, done);
+    if (operation?.error) {
+      const cancelled = operation.error.code === CANCELLED;
+      outcome.replaceChildren(
+        h(
+          "div",
+          { class: cancelled ? "notice" : "error-box", role: "status" },
+          h("p", { class: "error-title" }, cancelled ? "Cancelled" : "Tuning failed"),
+          h("p", {}, operation.error.message),
+        ),
+      );
+    }
+    chart.update(snapshots, total, emptyChartMessage(model, done));
+    const hyperparameters = model.tuningTask?.hyperparameters ?? {};
+    facts.replaceChildren(
+      definitions("Hyperparameters", [
+        ["Epochs", hyperparameters.epochCount],
+        ["Batch size", hyperparameters.batchSize],
+        ["Learning rate", hyperparameters.learningRate],
+        ["Total steps", total || null],
+      ]),
+      definitions("Model", [
+        ["Name", h("code", {}, model.name)],
+        ["Base model", h("code", {}, model.baseModel ?? model.tunedModelSource?.baseModel ?? "")],
+        [
+          "Tuned from",
+          model.tunedModelSource?.tunedModel ? h("code", {}, model.tunedModelSource.tunedModel) : null,
+        ],
+        ["Description", model.description],
+        ["Temperature", model.temperature],
+        ["Top P", model.topP],
+        ["Top K", model.topK],
+      ]),
+      definitions("Timings", timings(model, snapshots)),
+    );
+  }
+
+  async function refresh() {
+    let model;
+    let operation = null;
+    try {
+      // The operation first: once it is done, the model read after it is final too.
+      operationName ??= (await tuningOperation(id, { signal }))?.name ?? null;
+      if (operationName) operation = await getOperation(operationName, { signal });
+      model = await getTunedModel(id, { signal });
+    } catch (error) {
+      if (error.httpStatus !== 404 && error.httpStatus !== 403) throw error;
+      container.replaceChildren(
+        h("p", { class: "breadcrumb" }, h("a", { href: "#/models" }, "← Tuned models")),
+        h("h1", { tabindex: "-1" }, error.httpStatus === 404 ? "Tuned model not found" : "Not allowed"),
+        errorBox(error),
+      );
+      return null;
+    }
+    render(model, operation);
+    return model.state === "CREATING" ? REFRESH_MS : null;
+  }
+
+  container.append(
+    h("p", { class: "breadcrumb" }, h("a", { href: "#/models" }, "← Tuned models")),
+    h("div", { class: "page-head" }, h("div", { class: "title-line" }, title, badge), actions),
+    actionProblem,
+    refreshProblem,
+    outcome,
+    h("section", { class: "card" }, h("h2", {}, "Progress"), progress, progressLabel),
+    h(
+      "section",
+      { class: "card" },
+      h("h2", {}, "Training loss"),
+      h("p", { class: "help" }, "Mean loss of each step's examples; dashed lines mark where an epoch ends."),
+      chart.element,
+    ),
+    facts,
+  );
+  poll(refresh, signal, (error) =>
+    refreshProblem.replaceChildren(
+      ...(error ? [errorBox(error, { title: "Could not refresh; retrying" })] : []),
+    ),
+  );
+}
