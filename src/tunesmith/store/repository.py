@@ -59,6 +59,48 @@ class LeaseLost(Exception):
     """The worker no longer holds the job: it expired, was taken over, or was deleted."""
 
 
+def _tuned_model_row(model: TunedModel) -> dict:
+    hp = model.hyperparameters
+    return {
+        "id": model.id,
+        "base_model": model.base_model,
+        "source_tuned_model": model.source_tuned_model,
+        "display_name": model.display_name,
+        "description": model.description,
+        "temperature": model.temperature,
+        "top_p": model.top_p,
+        "top_k": model.top_k,
+        "state": int(model.state),
+        "epoch_count": hp.epoch_count,
+        "batch_size": hp.batch_size,
+        "learning_rate": hp.learning_rate,
+        "owner_id": model.owner_id,
+        "project_number": model.project_number,
+        "create_time": model.create_time,
+        "update_time": model.update_time,
+    }
+
+
+def _operation_row(
+    model: TunedModel, operation_id: str, status: JobStatus, training_data: str
+) -> dict:
+    """An operation's columns, but for its step count and seed."""
+    return {
+        "id": operation_id,
+        "tuned_model_id": model.id,
+        "status": status.value,
+        "base_model": model.base_model,
+        "source_tuned_model": model.source_tuned_model,
+        "training_data": training_data,
+        "completed_steps": 0,
+        "cancel_requested": False,
+        "attempts": 0,
+        "project_number": model.project_number,
+        "create_time": model.create_time,
+        "update_time": model.create_time,
+    }
+
+
 def _account(row) -> Account:
     return Account(row.id, row.email, row.kind, row.display_name, row.default_project)
 
@@ -380,50 +422,30 @@ class Repository:
     ) -> None:
         """The model, its owner's permission and its queued job, in one transaction: all or
         nothing. The project's quotas are checked inside the same transaction."""
-        hp = model.hyperparameters
+        training_data = json.dumps([[e.text_input, e.output] for e in examples])
+        with self._adding(model, owner_email, quota) as c:
+            c.execute(
+                insert(operations).values(
+                    **_operation_row(model, operation_id, JobStatus.QUEUED, training_data),
+                    total_steps=total_steps,
+                    seed=seed,
+                )
+            )
+
+    @contextmanager
+    def _adding(
+        self, model: TunedModel, owner_email: str, quota: ProjectQuota
+    ) -> Iterator[Connection]:
+        """A transaction that checks the project's quota, inserts `model` with its owner's
+        grant and reader projects, and lets the caller add its operation; 409 if the id is
+        taken."""
         try:
             with self._tx() as c:
                 self._check_quota(c, model.project_number, quota)
-                c.execute(
-                    insert(tuned_models).values(
-                        id=model.id,
-                        base_model=model.base_model,
-                        source_tuned_model=model.source_tuned_model,
-                        display_name=model.display_name,
-                        description=model.description,
-                        temperature=model.temperature,
-                        top_p=model.top_p,
-                        top_k=model.top_k,
-                        state=int(model.state),
-                        epoch_count=hp.epoch_count,
-                        batch_size=hp.batch_size,
-                        learning_rate=hp.learning_rate,
-                        owner_id=model.owner_id,
-                        project_number=model.project_number,
-                        create_time=model.create_time,
-                        update_time=model.update_time,
-                    )
-                )
+                c.execute(insert(tuned_models).values(**_tuned_model_row(model)))
                 self._grant_owner(c, model, owner_email)
                 self._set_reader_projects(c, model.id, model.reader_project_numbers)
-                c.execute(
-                    insert(operations).values(
-                        id=operation_id,
-                        tuned_model_id=model.id,
-                        status=JobStatus.QUEUED.value,
-                        base_model=model.base_model,
-                        source_tuned_model=model.source_tuned_model,
-                        training_data=json.dumps([[e.text_input, e.output] for e in examples]),
-                        total_steps=total_steps,
-                        completed_steps=0,
-                        seed=seed,
-                        cancel_requested=False,
-                        attempts=0,
-                        project_number=model.project_number,
-                        create_time=model.create_time,
-                        update_time=model.create_time,
-                    )
-                )
+                yield c
         except IntegrityError as error:
             raise ServiceError(
                 Code.ALREADY_EXISTS, f"Tuned model {model.name} already exists."
@@ -891,48 +913,11 @@ class Repository:
         """An ACTIVE tuned model from an imported adapter: the model, its owner's
         permission and a finished operation of no steps (the operation names the adapter's
         folder, as a tuning job's does), in one transaction."""
-        try:
-            with self._tx() as c:
-                self._check_quota(c, model.project_number, quota)
-                hp = model.hyperparameters
-                c.execute(
-                    insert(tuned_models).values(
-                        id=model.id,
-                        base_model=model.base_model,
-                        display_name=model.display_name,
-                        description=model.description,
-                        temperature=model.temperature,
-                        top_p=model.top_p,
-                        top_k=model.top_k,
-                        state=int(TunedModelState.ACTIVE),
-                        epoch_count=hp.epoch_count,
-                        batch_size=hp.batch_size,
-                        learning_rate=hp.learning_rate,
-                        owner_id=model.owner_id,
-                        project_number=model.project_number,
-                        create_time=model.create_time,
-                        update_time=model.update_time,
-                    )
+        with self._adding(model, owner_email, quota) as c:
+            c.execute(
+                insert(operations).values(
+                    **_operation_row(model, operation_id, JobStatus.SUCCEEDED, "[]"),
+                    total_steps=0,
+                    seed=0,
                 )
-                self._grant_owner(c, model, owner_email)
-                c.execute(
-                    insert(operations).values(
-                        id=operation_id,
-                        tuned_model_id=model.id,
-                        status=JobStatus.SUCCEEDED.value,
-                        base_model=model.base_model,
-                        training_data="[]",
-                        total_steps=0,
-                        completed_steps=0,
-                        seed=0,
-                        cancel_requested=False,
-                        attempts=0,
-                        project_number=model.project_number,
-                        create_time=model.create_time,
-                        update_time=model.create_time,
-                    )
-                )
-        except IntegrityError as error:
-            raise ServiceError(
-                Code.ALREADY_EXISTS, f"Tuned model {model.name} already exists."
-            ) from error
+            )
