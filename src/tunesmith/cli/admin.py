@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tunesmith.cli.common import local_settings
+from tunesmith.cli.common import JSON_OPTION, local_settings
 from tunesmith.domain.errors import ServiceError
 
 auth_app = typer.Typer(help="API keys and access tokens.", no_args_is_help=True)
@@ -23,7 +23,6 @@ keys_app = typer.Typer(help="API keys (stored only as hashes; shown once).", no_
 
 console = Console()
 T = TypeVar("T")
-JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts")
 
 
 def _accounts():

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from tunesmith.cli.client import connect, console, fitted, print_json, reports_errors
-from tunesmith.cli.common import configure_logging, local_settings
+from tunesmith.cli.common import JSON_OPTION, configure_logging, local_settings
 
 base_models_app = typer.Typer(help="The base model catalog.", no_args_is_help=True)
 
@@ -14,7 +14,7 @@ base_models_app = typer.Typer(help="The base model catalog.", no_args_is_help=Tr
 @base_models_app.command("list")
 @reports_errors
 def list_base_models(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """The base models the server can tune and generate from."""
     models = list(connect().pages("/models", "models"))

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 
+import typer
+
 from tunesmith.config import Settings, get_settings
 from tunesmith.observability import logs
+
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts")
 
 
 def configure_logging() -> None:

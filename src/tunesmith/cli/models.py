@@ -18,9 +18,9 @@ from tunesmith.cli.client import (
     short_time,
     tuned_model_id,
 )
+from tunesmith.cli.common import JSON_OPTION
 
 models_app = typer.Typer(help="Tuned models: list, get, update, delete.", no_args_is_help=True)
-JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts")
 
 
 @models_app.command("list")

@@ -18,9 +18,9 @@ from tunesmith.cli.client import (
     reports_errors,
     tuned_model_id,
 )
+from tunesmith.cli.common import JSON_OPTION
 
 operations_app = typer.Typer(help="Tuning operations: list, get, cancel.", no_args_is_help=True)
-JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts")
 
 
 @operations_app.command("list")
