@@ -485,21 +485,28 @@ class Repository:
 
     def get_tuned_model(self, model_id: str) -> TunedModel | None:
         with self.engine.connect() as c:
-            row = c.execute(select(tuned_models).where(tuned_models.c.id == model_id)).first()
-            if row is None:
-                return None
-            snaps = c.execute(
-                select(snapshots)
-                .join(operations, operations.c.id == snapshots.c.operation_id)
-                .where(operations.c.tuned_model_id == model_id)
-                .order_by(snapshots.c.step)
-            ).all()
-            readers = c.execute(
-                select(reader_projects.c.project_number)
-                .where(reader_projects.c.tuned_model_id == model_id)
-                .order_by(reader_projects.c.project_number)
-            ).scalars()
-            return _tuned_model(row, [_snapshot(s) for s in snaps], list(readers))
+            found = self._load_models(c, [model_id])
+        return found[0] if found else None
+
+    def _load_models(self, c: Connection, ids: list[str]) -> list[TunedModel]:
+        """The models with these ids, in this order, in three queries however many."""
+        rows = {r.id: r for r in c.execute(select(tuned_models).where(tuned_models.c.id.in_(ids)))}
+        snaps: dict[str, list[TuningSnapshot]] = {i: [] for i in rows}
+        for row in c.execute(
+            select(snapshots, operations.c.tuned_model_id)
+            .join(operations, operations.c.id == snapshots.c.operation_id)
+            .where(operations.c.tuned_model_id.in_(list(rows)))
+            .order_by(snapshots.c.step)
+        ):
+            snaps[row.tuned_model_id].append(_snapshot(row))
+        readers: dict[str, list[int]] = {i: [] for i in rows}
+        for row in c.execute(
+            select(reader_projects)
+            .where(reader_projects.c.tuned_model_id.in_(list(rows)))
+            .order_by(reader_projects.c.project_number)
+        ):
+            readers[row.tuned_model_id].append(row.project_number)
+        return [_tuned_model(rows[i], snaps[i], readers[i]) for i in ids if i in rows]
 
     def access_facts(self, model_id: str) -> AccessFacts | None:
         with self.engine.connect() as c:
@@ -538,8 +545,7 @@ class Repository:
             )
         with self.engine.connect() as c:
             ids = c.execute(query.offset(offset).limit(limit + 1)).scalars().all()
-        models = [m for m in (self.get_tuned_model(i) for i in ids[:limit]) if m is not None]
-        return models, len(ids) > limit
+            return self._load_models(c, list(ids[:limit])), len(ids) > limit
 
     def update_tuned_model(self, model_id: str, change: TunedModelUpdate) -> TunedModel | None:
         values: dict = {
