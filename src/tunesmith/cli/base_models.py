@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
-from tunesmith.cli.client import connect, console, fitted, print_json, reports_errors
+from tunesmith.cli.client import connect, print_json, print_table, reports_errors
 from tunesmith.cli.common import JSON_OPTION, configure_logging, local_settings
 
 base_models_app = typer.Typer(help="The base model catalog.", no_args_is_help=True)
@@ -30,15 +29,7 @@ def list_base_models(
         ]
         for model in models
     ]
-    table = Table(
-        fitted("Name", [r[0] for r in rows]),
-        "Display name",
-        "Input tokens",
-        "Output tokens",
-    )
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    print_table(["Name", "Display name", "Input tokens", "Output tokens"], rows, "No base models.")
 
 
 @base_models_app.command("prepare")

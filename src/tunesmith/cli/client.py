@@ -15,7 +15,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Column
+from rich.table import Column, Table
 
 from tunesmith.cli.common import local_settings
 from tunesmith.config import Settings
@@ -180,6 +180,26 @@ def fitted(header: str, values: list[str]) -> Column:
     """A column never cut short (names are for copying): other columns give way."""
     width = max((len(v) for v in [header, *values]), default=0)
     return Column(header, no_wrap=True, min_width=width)
+
+
+def print_table(columns: list[str], rows: list[list[str]], empty: str) -> None:
+    """A listing whose first column (the name to copy) is never cut short."""
+    if not rows:
+        console.print(empty)
+        return
+    table = Table(fitted(columns[0], [r[0] for r in rows]), *columns[1:])
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def details_table(rows: list[tuple[str, str]]) -> Table:
+    """Label and value pairs, leaving out the empty ones."""
+    table = Table(show_header=False, box=None)
+    for label, value in rows:
+        if value:
+            table.add_row(f"[bold]{label}[/bold]", value)
+    return table
 
 
 def print_json(data: Any) -> None:

@@ -12,8 +12,9 @@ from tunesmith.cli.client import (
     CliError,
     connect,
     console,
-    fitted,
+    details_table,
     print_json,
+    print_table,
     reports_errors,
     short_time,
     tuned_model_id,
@@ -46,16 +47,8 @@ def list_models(
         ]
         for model in models
     ]
-    table = Table(
-        fitted("Model", [r[0] for r in rows]),
-        "Display name",
-        "State",
-        "Base model",
-        "Created (UTC)",
-    )
-    for row in rows:
-        table.add_row(*row)
-    console.print(table if models else "No tuned models.")
+    columns = ["Model", "Display name", "State", "Base model", "Created (UTC)"]
+    print_table(columns, rows, "No tuned models.")
 
 
 @models_app.command("get")
@@ -154,11 +147,7 @@ def _details(model: dict[str, Any]) -> Table:
             f"topK {model.get('topK')}",
         ),
     ]
-    table = Table(show_header=False, box=None)
-    for label, value in rows:
-        if value:
-            table.add_row(f"[bold]{label}[/bold]", value)
-    return table
+    return details_table(rows)
 
 
 def _tuning(task: dict[str, Any], hp: dict[str, Any]) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from tunesmith.cli.client import (
     CANCELLED,
@@ -13,8 +12,9 @@ from tunesmith.cli.client import (
     CliError,
     connect,
     console,
-    fitted,
+    details_table,
     print_json,
+    print_table,
     reports_errors,
     tuned_model_id,
 )
@@ -36,15 +36,7 @@ def list_operations(
         print_json(found)
         return
     rows = [[op["name"], _state(op), _steps(op), _loss(op)] for op in found]
-    table = Table(
-        fitted("Operation", [r[0] for r in rows]),
-        "State",
-        "Steps",
-        "Last loss",
-    )
-    for row in rows:
-        table.add_row(*row)
-    console.print(table if found else "No operations.")
+    print_table(["Operation", "State", "Steps", "Last loss"], rows, "No operations.")
 
 
 @operations_app.command("get")
@@ -58,7 +50,6 @@ def get_operation(
     if as_json:
         print_json(operation)
         return
-    table = Table(show_header=False, box=None)
     rows = [
         ("Name", operation["name"]),
         ("State", _state(operation)),
@@ -67,10 +58,7 @@ def get_operation(
         ("Error", operation.get("error", {}).get("message", "")),
         ("Tuned model", operation.get("metadata", {}).get("tunedModel", "")),
     ]
-    for label, value in rows:
-        if value:
-            table.add_row(f"[bold]{label}[/bold]", value)
-    console.print(table)
+    console.print(details_table(rows))
 
 
 @operations_app.command("cancel")
