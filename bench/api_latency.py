@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/api_latency.py [--repo PATH] [--baseline PATH] [--rounds 2]
 
-Starts `python -m tunesmith serve` from PATH/src (PYTHONPATH first, cwd=PATH) on a fresh data
+Starts `python -m tunesmith serve` from PATH/src (first on PYTHONPATH) on a fresh data
 dir with no training workers, no request quota and a tiny random base model, creates
 --models tuned models (they stay queued), then times sequential requests over one keep-alive
 httpx connection with the owner's API key:
@@ -18,11 +18,8 @@ and endpoint the round with the lowest median is reported. Prints markdown table
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,9 +30,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+from conftest import TINY, LiveServer, tiny_env  # noqa: E402
 from tiny_model import build_tiny_model  # noqa: E402
 
-TINY = "models/tiny-random"
 EXAMPLES = [("1", "2"), ("3", "4"), ("8", "9"), ("one", "two")]
 WARMUP = 20
 
@@ -47,71 +44,18 @@ class Timing:
     per_second: float
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`tunesmith serve` from one source tree, on its own data dir."""
-
-    def __init__(self, tree: Path, tiny: Path, scratch: Path) -> None:
-        self.tree, self.port = tree, free_port()
-        self.data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=scratch))
-        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(tree / "src"), os.environ.get("PYTHONPATH", "")) if p
-            ),
-            "TUNESMITH_DATA_DIR": str(self.data_dir),
-            "TUNESMITH_PORT": str(self.port),
-            "TUNESMITH_WORKERS": "0",
-            "TUNESMITH_QUOTA_REQUESTS_PER_MINUTE": "0",
-            "TUNESMITH_QUOTA_CONCURRENT_JOBS_PER_PROJECT": "0",
-            "TUNESMITH_QUOTA_TUNED_MODELS_PER_PROJECT": "0",
-            "TUNESMITH_EXTRA_BASE_MODELS": json.dumps([{"name": TINY, "path": str(tiny)}]),
-            "TUNESMITH_DEFAULT_BASE_MODEL": TINY,
-        }
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def headers(self) -> dict[str, str]:
-        key = (self.data_dir / "secrets" / "owner-api-key").read_text().strip()
-        return {"x-goog-api-key": key}
-
-    def start(self, timeout: float = 120) -> Server:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "tunesmith", "serve"],
-                cwd=self.tree,
-                env=self.env,
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(self.log_path.read_text(errors="replace"))
-            try:
-                if httpx.get(f"{self.url}/v1beta/models", headers=self.headers()).is_success:
-                    return self
-            except (httpx.HTTPError, FileNotFoundError):
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(self.log_path.read_text(errors="replace"))
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+def start_server(tree: Path, tiny: Path, scratch: Path) -> LiveServer:
+    """`tunesmith serve` from one source tree (first on PYTHONPATH), on its own data dir,
+    with no workers and no quotas."""
+    env = {
+        **tiny_env(tiny),
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(tree / "src"), os.environ.get("PYTHONPATH", "")) if p
+        ),
+        "TUNESMITH_WORKERS": "0",
+        "TUNESMITH_QUOTA_TUNED_MODELS_PER_PROJECT": "0",
+    }
+    return LiveServer(Path(tempfile.mkdtemp(prefix="data-", dir=scratch)) / "data", env).start(120)
 
 
 def create_models(client: httpx.Client, count: int) -> list[str]:
@@ -154,9 +98,9 @@ def time_requests(client: httpx.Client, paths: list[str], times: int) -> Timing:
 
 
 def measure(tree: Path, tiny: Path, scratch: Path, args: argparse.Namespace) -> dict:
-    server = Server(tree, tiny, scratch).start()
+    server = start_server(tree, tiny, scratch)
     try:
-        with httpx.Client(base_url=server.url, headers=server.headers(), timeout=60) as client:
+        with server.client() as client:
             names = create_models(client, args.models)
             # Tells the trees apart: the baseline has no permissions route (404).
             permissions = client.get(f"/v1beta/{names[0]}/permissions").status_code
