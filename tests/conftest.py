@@ -46,6 +46,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
+# Quotas off, for a server that a test drives harder than any one user may: say why where
+# it is used. Every other test server runs with the default quotas, as users have them.
+QUOTAS_OFF = {
+    "TUNESMITH_QUOTA_REQUESTS_PER_MINUTE": "0",
+    "TUNESMITH_QUOTA_CONCURRENT_JOBS_PER_PROJECT": "0",
+}
+
+
 def tiny_env(tiny_dir: Path) -> dict[str, str]:
     return {
         "TUNESMITH_EXTRA_BASE_MODELS": json.dumps([{"name": TINY, "path": str(tiny_dir)}]),
@@ -84,9 +92,6 @@ class LiveServer:
             "TUNESMITH_PORT": str(self.port),
             "TUNESMITH_WORKER_POLL_SECONDS": "0.2",
             "TUNESMITH_BASE_MODEL_DIR": str(BASE_MODEL_CACHE),
-            # Tests poll fast and queue many jobs; quotas have their own test (test_quotas.py).
-            "TUNESMITH_QUOTA_REQUESTS_PER_MINUTE": "0",
-            "TUNESMITH_QUOTA_CONCURRENT_JOBS_PER_PROJECT": "0",
             **self.env,
         }
 

@@ -109,14 +109,6 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.data_dir / 'tunesmith.db'}"
 
     @property
-    def adapters_dir(self) -> Path:
-        return self.data_dir / "adapters"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.data_dir / "checkpoints"
-
-    @property
     def base_model_cache_dir(self) -> Path:
         return self.base_model_dir or self.data_dir / "base-models"
 

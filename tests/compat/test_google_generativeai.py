@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import google.generativeai as genai
+import httpx
 import pytest
 from google.api_core import exceptions
 
@@ -35,7 +38,8 @@ def test_tune_poll_use_update_and_delete():
         learning_rate=0.001,
     )
     assert operation.metadata.total_steps == 6
-    operation.wait_bar()
+    statuses = list(operation.wait_bar())  # a generator: the SDK polls while it is read
+    assert statuses and statuses[-1].total_steps == 6
     model = operation.result()
     assert model.name == "tunedModels/generate-num-1234"
     assert model.state.name == "ACTIVE"
@@ -131,3 +135,37 @@ def test_permission_calls_work_unchanged(server):
     assert roles["owner@localhost"] == "WRITER"
     with pytest.raises(exceptions.Forbidden, match="permission to delete"):
         genai.delete_tuned_model("tunedModels/shared-by-sdk")
+
+
+def operation_polls(server) -> float:
+    """operations.get requests the server has answered, from its /metrics."""
+    text = httpx.get(f"{server.url}/metrics").text
+    route = 'route="/v1beta/tunedModels/{model_id}/operations/{operation_id}"'
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("tunesmith_http_requests_total") and route in line
+    )
+
+
+def test_wait_bar_polls_a_long_job_within_the_default_quota(server):
+    """wait_bar() calls operations.get again the moment an answer arrives, with no sleep.
+    On the default request quota (600 a minute) that once ended in 429 within 2 s; the
+    server now answers such a loop about once a second, or as soon as a step lands."""
+    polls_before = operation_polls(server)
+    started = time.monotonic()
+    operation = genai.create_tuned_model(
+        "models/gemini-1.0-pro-001",
+        training_data=EXAMPLES,
+        id="polled-tightly",
+        epoch_count=40,
+        batch_size=1,
+    )
+    statuses = list(operation.wait_bar())
+    elapsed = time.monotonic() - started
+    polls = operation_polls(server) - polls_before
+    assert operation.result().state.name == "ACTIVE"
+    assert statuses[-1].completed_steps <= 320
+    # At most one answer per second of the job to this tight loop (and a few at its ends).
+    assert polls <= elapsed + 3, (polls, elapsed)
+    genai.delete_tuned_model("tunedModels/polled-tightly")

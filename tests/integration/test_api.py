@@ -171,3 +171,22 @@ def test_generation_does_not_block_other_requests(server):
         assert reply[0].status_code == 200, reply[0].text
         assert reply[0].json()["usageMetadata"]["candidatesTokenCount"] > 20
         assert answered_during > 0
+
+
+def test_a_prompt_over_the_input_token_limit_is_refused_before_generation(server):
+    with server.client() as client:
+        limit = client.get("/v1beta/models/tiny-random").json()["inputTokenLimit"]
+        long = {"contents": [{"parts": [{"text": "seven " * (limit + 10)}]}]}
+        refused = client.post("/v1beta/models/tiny-random:generateContent", json=long)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        violation = error["details"][0]["fieldViolations"][0]
+        assert violation["field"] == "contents"
+        assert f"inputTokenLimit of {limit} tokens" in violation["description"]
+        streamed = client.post("/v1beta/models/tiny-random:streamGenerateContent", json=long)
+        assert streamed.status_code == 400
+        short = {
+            "contents": [{"parts": [{"text": "seven"}]}],
+            "generationConfig": {"maxOutputTokens": 2},
+        }
+        assert client.post("/v1beta/models/tiny-random:generateContent", json=short).is_success

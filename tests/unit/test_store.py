@@ -14,6 +14,7 @@ from tunesmith.domain.resources import (
     TuningExample,
     TuningSnapshot,
 )
+from tunesmith.domain.validation import TunedModelUpdate
 from tunesmith.store.db import make_engine, migrate
 from tunesmith.store.repository import LeaseLost, Repository
 
@@ -134,3 +135,24 @@ def test_timestamps_come_back_aware(repo):
     model = repo.get_tuned_model("m1")
     assert model.create_time.tzinfo is not None
     assert datetime.now(UTC) - model.create_time < timedelta(minutes=1)
+
+
+def test_filter_words_match_percent_and_underscore_literally(repo):
+    for model_id, name in [("a", "100% done"), ("b", "100 done"), ("c", "x_y"), ("d", "xzy")]:
+        add_model(repo, model_id, op=f"op-{model_id}")
+        repo.update_tuned_model(model_id, TunedModelUpdate(display_name=name))
+    scope = ListScope(OWNER)
+
+    def matching(text: str) -> set[str]:
+        return {m.id for m in repo.list_tuned_models(0, 10, scope, text)[0]}
+
+    assert matching("100%") == {"a"}
+    assert matching("x_y") == {"c"}
+    assert matching("%") == {"a"}
+    assert matching("_") == {"c"}
+
+
+def test_delete_returns_the_operations_whose_artifacts_go_too(repo):
+    add_model(repo)
+    assert repo.delete_tuned_model("m1") == ["op1"]
+    assert repo.delete_tuned_model("m1") is None

@@ -25,7 +25,6 @@ from tunesmith.domain.errors import Code, FieldViolation, ServiceError, invalid
 from tunesmith.domain.quotas import ProjectQuota
 from tunesmith.domain.resources import Hyperparameters, TunedModel, TunedModelState
 from tunesmith.domain.validation import Violations, check_descriptive, check_tuned_model_id
-from tunesmith.jobs.worker import adapter_dir, trained_adapter
 from tunesmith.store.repository import Repository
 from tunesmith.training.base_models import Catalog, CatalogEntry, ensure_cached
 from tunesmith.training.export import (
@@ -186,8 +185,9 @@ class AdapterService:
     @contextmanager
     def scratch(self) -> Iterator[Path]:
         """A temporary folder beside the adapters, so a checked import moves in atomically."""
-        self.settings.adapters_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".import-", dir=self.settings.adapters_dir) as d:
+        root = self.tuning.artifacts.adapters_root
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".import-", dir=root) as d:
             yield Path(d)
 
     # ------------------------------------------------------------ export
@@ -222,7 +222,7 @@ class AdapterService:
                 f"Tuned model {model.name} is {model.state.name}; only an ACTIVE tuned model "
                 "can be exported.",
             )
-        adapter = trained_adapter(self.settings, self.repo, model.id)
+        adapter = self.tuning.adapter_of(model.id)
         if adapter is None or not (adapter / ADAPTER_WEIGHTS).exists():
             raise ServiceError(Code.FAILED_PRECONDITION, f"The adapter of {model.name} is missing.")
         entry = self.catalog.get(model.base_model)
@@ -296,7 +296,7 @@ class AdapterService:
 
     def _commit(self, caller: Principal, model: TunedModel, staged: Path) -> None:
         operation_id = names.operation_id()
-        final = adapter_dir(self.settings, model.id, operation_id)
+        final = self.tuning.artifacts.adapter(model.id, operation_id)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, final)
         try:

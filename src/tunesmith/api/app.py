@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from tunesmith.api import errors, openapi
 from tunesmith.api.adapters import AdapterService
 from tunesmith.api.auth import Credentials
+from tunesmith.api.polling import PollPacer
 from tunesmith.api.routes import (
     adapters,
     console,
@@ -68,6 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sharing = SharingService(repo)
     app.state.adapters = AdapterService(settings, repo, catalog, app.state.service)
     app.state.rate_limiter = RateLimiter(settings.quota_requests_per_minute)
+    app.state.poll_pacer = PollPacer()
     app.state.metrics = metrics
     app.add_middleware(RequestObserver, metrics=metrics.http)
     errors.install(app)

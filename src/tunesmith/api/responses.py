@@ -14,6 +14,7 @@ def dumps(body: Any, pretty: bool = True) -> str:
     return json.dumps(
         body,
         ensure_ascii=False,
+        allow_nan=False,  # NaN or Infinity is no JSON; a guard upstream must catch it
         indent=2 if pretty else None,
         separators=None if pretty else (",", ":"),
     )

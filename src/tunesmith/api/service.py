@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
+from tunesmith.artifacts import Artifacts
 from tunesmith.config import Settings
 from tunesmith.domain import names, tuning
 from tunesmith.domain.access import (
@@ -37,7 +38,6 @@ from tunesmith.domain.validation import (
     Violations,
     check_generation,
 )
-from tunesmith.jobs.worker import adapter_dir, trained_adapter
 from tunesmith.serving.engine import Engine, Generation, SamplingParams, StreamChunk
 from tunesmith.store.repository import Repository
 from tunesmith.training.base_models import Catalog, CatalogEntry
@@ -100,6 +100,7 @@ class TuningService:
         self, settings: Settings, repo: Repository, catalog: Catalog, engine: Engine
     ) -> None:
         self.settings, self.repo, self.catalog, self.engine = settings, repo, catalog, engine
+        self.artifacts = Artifacts.of(settings)
         self.quota = ProjectQuota(
             settings.quota_tuned_models_per_project, settings.quota_concurrent_jobs_per_project
         )
@@ -128,7 +129,7 @@ class TuningService:
 
     def create(self, caller: Principal, request: CreateTunedModel) -> Operation:
         check_examples(len(request.examples), self.settings.quota_examples_per_job)
-        base_name, defaults = self._source(caller, request)
+        base_name, defaults, source_operation = self._source(caller, request)
         n = len(request.examples)
         epochs = request.epoch_count or tuning.DEFAULT_EPOCH_COUNT
         batch = request.batch_size or tuning.default_batch_size(n)
@@ -158,7 +159,14 @@ class TuningService:
         seed = secrets.randbelow(2**31)
         with self._create_lock:
             self.repo.create_tuned_model(
-                model, operation_id, request.examples, seed, steps, caller.email, self.quota
+                model,
+                operation_id,
+                request.examples,
+                seed,
+                steps,
+                caller.email,
+                self.quota,
+                source_operation_id=source_operation,
             )
         operation = self.repo.get_operation(model.id, operation_id)
         assert operation is not None
@@ -166,17 +174,21 @@ class TuningService:
 
     def _source(
         self, caller: Principal, request: CreateTunedModel
-    ) -> tuple[str, tuple[float, float, int]]:
-        """The base model name and the sampling defaults the new model inherits."""
+    ) -> tuple[str, tuple[float, float, int], str | None]:
+        """The base model name, the sampling defaults the new model inherits, and for a
+        tuned source the operation whose adapter the job will start from: bound now, so
+        the job starts from exactly the model the caller was allowed to read."""
         if request.source_tuned_model:
             source = self.get(caller, request.source_tuned_model.removeprefix("tunedModels/"))
-            if source.state != TunedModelState.ACTIVE:
+            operations = self.repo.list_operations(source.id)
+            if source.state != TunedModelState.ACTIVE or not operations:
                 raise ServiceError(
                     Code.FAILED_PRECONDITION,
                     f"Tuned model {source.name} is {source.state.name}; only an ACTIVE tuned "
                     "model can be the source of another.",
                 )
-            return source.base_model, (source.temperature, source.top_p, source.top_k)
+            defaults = (source.temperature, source.top_p, source.top_k)
+            return source.base_model, defaults, operations[-1].id
         assert request.base_model is not None
         entry = self.catalog.get(request.base_model)
         if entry is None:
@@ -190,7 +202,7 @@ class TuningService:
                     )
                 ]
             )
-        return entry.name, (entry.temperature, entry.top_p, entry.top_k)
+        return entry.name, (entry.temperature, entry.top_p, entry.top_k), None
 
     def get(self, caller: Principal, model_id: str) -> TunedModel:
         authorize_model(self.repo, caller, model_id, Action.READ)
@@ -222,9 +234,15 @@ class TuningService:
 
     def delete(self, caller: Principal, model_id: str) -> None:
         authorize_model(self.repo, caller, model_id, Action.DELETE)
-        if not self.repo.delete_tuned_model(model_id):
+        operation_ids = self.repo.delete_tuned_model(model_id)
+        if operation_ids is None:
             raise model_missing(model_id)
-        shutil.rmtree(adapter_dir(self.settings, model_id), ignore_errors=True)
+        self.artifacts.remove_model(model_id, operation_ids)
+
+    def adapter_of(self, model_id: str) -> Path | None:
+        """The adapter a tuned model serves: its last tuning operation's."""
+        operations = self.repo.list_operations(model_id)
+        return self.artifacts.adapter(model_id, operations[-1].id) if operations else None
 
     # ------------------------------------------------------------ operations
 
@@ -295,7 +313,7 @@ class TuningService:
                     f"Base model {model.base_model} of {model.name} is not installed.",
                 )
             defaults = (model.temperature, model.top_p, model.top_k)
-            adapter = trained_adapter(self.settings, self.repo, model.id)
+            adapter = self.adapter_of(model.id)
             if adapter is None or not adapter.exists():
                 raise ServiceError(
                     Code.FAILED_PRECONDITION, f"The adapter of {model.name} is missing."
@@ -307,6 +325,7 @@ class TuningService:
         v = Violations()
         check_generation(v, request, entry.output_token_limit)
         v.raise_if_any()
+        self._check_prompt_length(entry, request)
         params = SamplingParams(
             temperature=defaults[0] if request.temperature is None else request.temperature,
             top_p=defaults[1] if request.top_p is None else request.top_p,
@@ -318,6 +337,19 @@ class TuningService:
             seed=request.seed,
         )
         return entry.target, adapter, params
+
+    def _check_prompt_length(self, entry: CatalogEntry, request: GenerateRequest) -> None:
+        tokens = self.engine.count_prompt_tokens(entry.target, request.turns)
+        if tokens > entry.input_token_limit:
+            raise invalid(
+                [
+                    FieldViolation(
+                        "contents",
+                        f"The prompt is {tokens} tokens, more than the model's inputTokenLimit "
+                        f"of {entry.input_token_limit} tokens.",
+                    )
+                ]
+            )
 
     def generate(
         self, caller: Principal, model_id: str | None, base_id: str | None, request: GenerateRequest

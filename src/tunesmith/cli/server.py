@@ -27,11 +27,19 @@ def _worker_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerPool:
-    """Worker subprocesses that are restarted when they die."""
+    """Worker subprocesses that are restarted when they die, after a delay that doubles
+    while a worker keeps dying soon after its start (a crash loop must not spin a core)."""
+
+    FIRST_DELAY = 1.0
+    MAX_DELAY = 60.0
+    HEALTHY_AFTER = 60.0  # a worker that ran this long resets its slot's delay
 
     def __init__(self, settings: Settings, count: int) -> None:
         self.settings, self.count = settings, count
-        self.processes: list[subprocess.Popen] = []
+        self.processes: list[subprocess.Popen | None] = []
+        self.started_at: list[float] = []
+        self.delays: list[float] = []
+        self.restart_at: list[float] = []
         self.stopping = threading.Event()
 
     def _spawn(self) -> subprocess.Popen:
@@ -39,23 +47,47 @@ class WorkerPool:
         return subprocess.Popen(command, env=_worker_env(self.settings))
 
     def start(self) -> None:
+        now = time.monotonic()
         self.processes = [self._spawn() for _ in range(self.count)]
+        self.started_at = [now] * self.count
+        self.delays = [0.0] * self.count
+        self.restart_at = [0.0] * self.count
         threading.Thread(target=self._supervise, daemon=True, name="worker-pool").start()
 
     def _supervise(self) -> None:
-        while not self.stopping.wait(1.0):
-            for i, process in enumerate(self.processes):
-                if process.poll() is not None and not self.stopping.is_set():
-                    log.warning(
-                        "worker %d exited with %s; restarting it", process.pid, process.returncode
-                    )
-                    self.processes[i] = self._spawn()
+        while not self.stopping.wait(0.5):
+            for slot in range(self.count):
+                self._check(slot, time.monotonic())
+
+    def _check(self, slot: int, now: float) -> None:
+        process = self.processes[slot]
+        if process is not None and process.poll() is None:
+            return
+        if process is not None:  # it just died: schedule its restart
+            lived = now - self.started_at[slot]
+            delay = (
+                self.FIRST_DELAY
+                if lived >= self.HEALTHY_AFTER
+                else min(max(self.delays[slot] * 2, self.FIRST_DELAY), self.MAX_DELAY)
+            )
+            self.delays[slot], self.restart_at[slot] = delay, now + delay
+            self.processes[slot] = None
+            log.warning(
+                "worker %d exited with %s after %.0f s; restarting it in %.0f s",
+                process.pid,
+                process.returncode,
+                lived,
+                delay,
+            )
+        if now >= self.restart_at[slot] and not self.stopping.is_set():
+            self.processes[slot], self.started_at[slot] = self._spawn(), now
 
     def stop(self) -> None:
         self.stopping.set()
-        for process in self.processes:
+        running = [p for p in self.processes if p is not None]
+        for process in running:
             process.terminate()
-        for process in self.processes:
+        for process in running:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:

@@ -119,6 +119,7 @@ class ClaimedJob:
     tuned_model_id: str
     base_model: str
     source_tuned_model: str | None
+    source_operation_id: str | None  # the operation whose adapter the job starts from
     examples: list[TuningExample]
     hyperparameters: Hyperparameters
     total_steps: int

@@ -8,13 +8,17 @@ expires another worker claims the job and resumes it from its last checkpoint.
 from __future__ import annotations
 
 import logging
+import math
 import os
-import shutil
 import socket
 import threading
 import uuid
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
+from tunesmith.artifacts import Artifacts
 from tunesmith.config import Settings
 from tunesmith.domain.errors import Code
 from tunesmith.domain.resources import (
@@ -26,6 +30,7 @@ from tunesmith.domain.resources import (
 )
 from tunesmith.observability.logs import log_fields
 from tunesmith.store.repository import LeaseLost, Repository, utcnow
+from tunesmith.store.retry import is_transient, retry_transient
 from tunesmith.training.base_models import Catalog, LoadedBaseModel, load_base_model
 from tunesmith.training.lora import Checkpoint, StepResult, train_lora
 
@@ -34,25 +39,20 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5  # a job that kills its worker this often is failed, not retried
 
 
-def adapter_dir(settings: Settings, tuned_model_id: str, operation_id: str = "") -> Path:
-    """A tuned model's adapters, one folder per tuning operation: a reused tuned model id
-    never finds (or is served from a cache of) an older model's adapter."""
-    folder = settings.adapters_dir / tuned_model_id
-    return folder / operation_id if operation_id else folder
-
-
-def trained_adapter(settings: Settings, repo: Repository, tuned_model_id: str) -> Path | None:
-    """The adapter of a tuned model's last tuning operation."""
-    operations = repo.list_operations(tuned_model_id)
-    return adapter_dir(settings, tuned_model_id, operations[-1].id) if operations else None
-
-
 def operation_name(job: ClaimedJob) -> str:
     return f"tunedModels/{job.tuned_model_id}/operations/{job.operation_id}"
 
 
 class Cancelled(Exception):
     pass
+
+
+class JobFailed(Exception):
+    """The job cannot succeed; its message is what the user reads on the operation."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.error = JobError(code.rpc_code, message)
 
 
 class Heartbeat(threading.Thread):
@@ -79,25 +79,37 @@ class Heartbeat(threading.Thread):
             except LeaseLost:
                 self.lost = True
                 return
-            except Exception:  # a busy database must not kill the heartbeat
-                log.exception("lease renewal failed")
+            except Exception as error:  # a busy database must not kill the heartbeat
+                if not is_transient(error):
+                    log.exception("lease renewal failed")
 
 
 class Worker:
     def __init__(self, settings: Settings, repo: Repository, catalog: Catalog) -> None:
         self.settings, self.repo, self.catalog = settings, repo, catalog
+        self.artifacts = Artifacts.of(settings)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._bases: dict[str, LoadedBaseModel] = {}
 
     def run_forever(self, stop: threading.Event) -> None:
+        self.preload_default_base()
         log.info("worker %s waiting for jobs", self.worker_id)
         while not stop.is_set():
             if not self.run_once():
                 stop.wait(self.settings.worker_poll_seconds)
 
+    def preload_default_base(self) -> None:
+        """Loads the default base model before the first job, so that job does not wait."""
+        try:
+            self._base(self.catalog.default.name)
+        except Exception:
+            log.exception("could not preload %s; jobs will load it", self.catalog.default.name)
+
     def run_once(self) -> bool:
         """Claims and runs one job; False when the queue is empty."""
-        job = self.repo.claim_job(self.worker_id, self.settings.job_lease_seconds)
+        job = retry_transient(
+            lambda: self.repo.claim_job(self.worker_id, self.settings.job_lease_seconds)
+        )
         if job is None:
             return False
         with log_fields(operation=operation_name(job)):
@@ -114,12 +126,26 @@ class Worker:
             log.warning(
                 "lost the lease on %s; another worker or a delete took it", job.operation_id
             )
-        except BaseException:
+            self._clean_if_deleted(job)
+        except (SystemExit, KeyboardInterrupt):
             # Shutting down mid-job: hand the job back at once instead of at lease expiry.
-            self.repo.release_lease(job.operation_id, self.worker_id)
+            self._release(job, failed=False)
             raise
+        except Exception:
+            # The job's own finishing code failed: the attempt counts, so a job that always
+            # fails here reaches MAX_ATTEMPTS instead of being retried forever.
+            log.exception("job %s failed outside training", job.operation_id)
+            self._release(job, failed=True)
         finally:
             heartbeat.stopped.set()
+
+    def _release(self, job: ClaimedJob, *, failed: bool) -> None:
+        try:
+            retry_transient(
+                lambda: self.repo.release_lease(job.operation_id, self.worker_id, failed=failed)
+            )
+        except Exception:
+            log.exception("could not hand back %s; its lease will expire", job.operation_id)
 
     def _run(self, job: ClaimedJob, heartbeat: Heartbeat) -> None:
         if job.cancel_requested:
@@ -131,25 +157,43 @@ class Worker:
             self._train(job, heartbeat)
         except Cancelled:
             return self._finish(job, JobStatus.CANCELLED, CANCELLED_ERROR)
+        except JobFailed as failure:
+            log.warning("job %s failed: %s", job.operation_id, failure)
+            return self._finish(job, JobStatus.FAILED, failure.error)
         except LeaseLost:
             raise
         except Exception as error:
             log.exception("job %s failed", job.operation_id)
             message = f"Tuning failed: {type(error).__name__}: {error}"
             return self._finish(job, JobStatus.FAILED, JobError(Code.INTERNAL.rpc_code, message))
+        if not self.artifacts.publish(job.tuned_model_id, job.operation_id):
+            raise LeaseLost(job.operation_id)  # the model was deleted while its adapter saved
         self._finish(job, JobStatus.SUCCEEDED, None)
 
     def _train(self, job: ClaimedJob, heartbeat: Heartbeat) -> None:
         entry = self.catalog.get(job.base_model)
         if entry is None:
-            raise ValueError(f"base model {job.base_model} is no longer in the catalog")
+            raise JobFailed(
+                Code.FAILED_PRECONDITION,
+                f"Tuning failed: base model {job.base_model} is no longer installed.",
+            )
+        init = self._source_adapter(job)
         base = self._base(entry.target.name)
         lease = self.settings.job_lease_seconds
 
         def on_step(result: StepResult) -> None:
+            if not math.isfinite(result.mean_loss):
+                raise JobFailed(
+                    Code.INVALID_ARGUMENT,
+                    f"Tuning failed: the loss became {result.mean_loss} at step {result.step}; "
+                    f"the learning rate ({job.hyperparameters.learning_rate}) is likely too "
+                    "high. Try a lower learningRate.",
+                )
             snapshot = TuningSnapshot(result.step, result.epoch, result.mean_loss, utcnow())
-            cancel = self.repo.record_step(
-                job.operation_id, self.worker_id, snapshot, lease, tokens=result.tokens
+            cancel = retry_transient(
+                lambda: self.repo.record_step(
+                    job.operation_id, self.worker_id, snapshot, lease, tokens=result.tokens
+                )
             )
             if cancel or heartbeat.cancel_requested:
                 raise Cancelled
@@ -157,39 +201,75 @@ class Worker:
                 raise LeaseLost(job.operation_id)
 
         def on_resume(step: int, tokens: int) -> None:
-            self.repo.rewind(job.operation_id, self.worker_id, step, trained_tokens=tokens)
+            retry_transient(
+                lambda: self.repo.rewind(
+                    job.operation_id, self.worker_id, step, trained_tokens=tokens
+                )
+            )
 
-        source = job.source_tuned_model
-        init = self.trained_adapter(source.removeprefix("tunedModels/")) if source else None
-        final = adapter_dir(self.settings, job.tuned_model_id, job.operation_id)
-        staging = final.with_name(f".{final.name}.partial")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint = Checkpoint(self.settings.checkpoints_dir / f"{job.operation_id}.pt")
+        staging = self.artifacts.staging(job.tuned_model_id, job.operation_id)
+        staging.parent.mkdir(parents=True, exist_ok=True)
         train_lora(
             base,
             job.examples,
             job.hyperparameters,
             job.seed,
             staging,
-            checkpoint,
+            Checkpoint(self.artifacts.checkpoint(job.operation_id)),
             on_step=on_step,
             on_resume=on_resume,
             init_adapter=init,
             checkpoint_interval=self.settings.checkpoint_interval_seconds,
         )
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
+        if not adapter_is_finite(staging):
+            raise JobFailed(
+                Code.INVALID_ARGUMENT,
+                "Tuning failed: the adapter's weights are not finite after the last step; "
+                "the learning rate is likely too high. Try a lower learningRate.",
+            )
 
-    def trained_adapter(self, tuned_model_id: str) -> Path | None:
-        return trained_adapter(self.settings, self.repo, tuned_model_id)
+    def _source_adapter(self, job: ClaimedJob) -> Path | None:
+        """The adapter bound when the job was accepted; the job fails if it is gone."""
+        if not job.source_tuned_model:
+            return None
+        source_id = job.source_tuned_model.removeprefix("tunedModels/")
+        operation_id = job.source_operation_id
+        if operation_id is None:  # queued before sources were bound at create time
+            operations = self.repo.list_operations(source_id)
+            operation_id = operations[-1].id if operations else None
+        bound = operation_id and self.repo.get_operation(source_id, operation_id)
+        adapter = self.artifacts.adapter(source_id, operation_id) if operation_id else None
+        if not bound or adapter is None or not adapter.exists():
+            raise JobFailed(
+                Code.FAILED_PRECONDITION,
+                f"Tuning failed: the source tuned model {job.source_tuned_model} was deleted "
+                "before this job started.",
+            )
+        return adapter
 
     def _finish(self, job: ClaimedJob, status: JobStatus, error: JobError | None) -> None:
-        self.repo.finish_job(job.operation_id, self.worker_id, status, error)
-        (self.settings.checkpoints_dir / f"{job.operation_id}.pt").unlink(missing_ok=True)
+        retry_transient(
+            lambda: self.repo.finish_job(job.operation_id, self.worker_id, status, error)
+        )
+        self.artifacts.checkpoint(job.operation_id).unlink(missing_ok=True)
+        self.artifacts.discard_staging(job.tuned_model_id, job.operation_id)
         log.info("job %s ended %s", job.operation_id, status.value)
+
+    def _clean_if_deleted(self, job: ClaimedJob) -> None:
+        """A job whose model was deleted under it leaves nothing behind."""
+        if self.repo.get_operation(job.tuned_model_id, job.operation_id) is None:
+            self.artifacts.remove_operation(job.tuned_model_id, job.operation_id)
 
     def _base(self, name: str) -> LoadedBaseModel:
         if name not in self._bases:
             spec = next(e.target for e in self.catalog.list() if e.target.name == name)
             self._bases[name] = load_base_model(spec, self.settings.base_model_cache_dir)
         return self._bases[name]
+
+
+def adapter_is_finite(folder: Path) -> bool:
+    """Whether every weight of a saved peft adapter is a finite number."""
+    for file in folder.glob("*.safetensors"):
+        if not all(torch.isfinite(t).all() for t in load_file(file).values()):
+            return False
+    return True

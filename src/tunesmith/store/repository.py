@@ -101,6 +101,11 @@ def _operation_row(
     }
 
 
+def _like_literal(text: str) -> str:
+    """`text` matched literally by LIKE ... ESCAPE '\\': its % and _ are no wildcards."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _account(row) -> Account:
     return Account(row.id, row.email, row.kind, row.display_name, row.default_project)
 
@@ -419,9 +424,11 @@ class Repository:
         total_steps: int,
         owner_email: str,
         quota: ProjectQuota,
+        source_operation_id: str | None = None,
     ) -> None:
         """The model, its owner's permission and its queued job, in one transaction: all or
-        nothing. The project's quotas are checked inside the same transaction."""
+        nothing. The project's quotas are checked inside the same transaction.
+        `source_operation_id` binds the exact adapter a job from a tuned model starts from."""
         training_data = json.dumps([[e.text_input, e.output] for e in examples])
         with self._adding(model, owner_email, quota) as c:
             c.execute(
@@ -429,6 +436,7 @@ class Repository:
                     **_operation_row(model, operation_id, JobStatus.QUEUED, training_data),
                     total_steps=total_steps,
                     seed=seed,
+                    source_operation_id=source_operation_id,
                 )
             )
 
@@ -536,11 +544,11 @@ class Repository:
             .order_by(tuned_models.c.create_time, tuned_models.c.id)
         )
         for word in text.split():
-            pattern = f"%{word.lower()}%"
+            pattern = f"%{_like_literal(word.lower())}%"
             query = query.where(
                 or_(
-                    func.lower(tuned_models.c.display_name).like(pattern),
-                    func.lower(tuned_models.c.description).like(pattern),
+                    func.lower(tuned_models.c.display_name).like(pattern, escape="\\"),
+                    func.lower(tuned_models.c.description).like(pattern, escape="\\"),
                 )
             )
         with self.engine.connect() as c:
@@ -562,17 +570,19 @@ class Repository:
                 self._set_reader_projects(c, model_id, change.reader_project_numbers)
         return self.get_tuned_model(model_id) if result.rowcount else None
 
-    def delete_tuned_model(self, model_id: str) -> bool:
-        """Deletes the model, its grants, operations and snapshots. A running job notices at
+    def delete_tuned_model(self, model_id: str) -> list[str] | None:
+        """Deletes the model, its grants, operations and snapshots, and returns the ids of
+        the operations it had (None if there was no such model). A running job notices at
         its next step that its operation is gone and stops."""
         with self._tx() as c:
             op_ids = select(operations.c.id).where(operations.c.tuned_model_id == model_id)
+            deleted_ops = list(c.execute(op_ids).scalars())
             c.execute(delete(snapshots).where(snapshots.c.operation_id.in_(op_ids)))
             c.execute(delete(operations).where(operations.c.tuned_model_id == model_id))
             c.execute(delete(permissions).where(permissions.c.tuned_model_id == model_id))
             c.execute(delete(reader_projects).where(reader_projects.c.tuned_model_id == model_id))
             result = c.execute(delete(tuned_models).where(tuned_models.c.id == model_id))
-        return bool(result.rowcount)
+        return deleted_ops if result.rowcount else None
 
     # ------------------------------------------------------------ permissions
 
@@ -658,6 +668,16 @@ class Repository:
         with self.engine.connect() as c:
             row = c.execute(query).first()
         return _operation(row) if row else None
+
+    def operation_progress(self, operation_id: str) -> tuple[JobStatus, int] | None:
+        """An operation's status and completed steps: what changes whenever its answer
+        does, cheap enough to read several times a second while a poll waits."""
+        query = select(operations.c.status, operations.c.completed_steps).where(
+            operations.c.id == operation_id
+        )
+        with self.engine.connect() as c:
+            row = c.execute(query).first()
+        return (JobStatus(row.status), row.completed_steps) if row else None
 
     def list_operations(self, model_id: str) -> list[Operation]:
         query = (
@@ -749,6 +769,7 @@ class Repository:
                 tuned_model_id=row.tuned_model_id,
                 base_model=row.base_model,
                 source_tuned_model=row.source_tuned_model,
+                source_operation_id=row.source_operation_id,
                 examples=[TuningExample(i, o) for i, o in json.loads(row.training_data)],
                 hyperparameters=Hyperparameters(hp.epoch_count, hp.batch_size, hp.learning_rate),
                 total_steps=row.total_steps,
@@ -780,9 +801,11 @@ class Repository:
             )
         return bool(row.cancel_requested)
 
-    def release_lease(self, operation_id: str, worker_id: str) -> None:
-        """Makes a running job claimable now (its worker is shutting down). A hand-back is
-        not a failed attempt, so it does not count towards the job's attempt limit."""
+    def release_lease(self, operation_id: str, worker_id: str, *, failed: bool = False) -> None:
+        """Makes a running job claimable now. A worker shutting down hands its job back
+        without using up an attempt; a `failed` attempt (an error the job's own code did not
+        handle) keeps its count, so a job that always fails reaches the attempt limit."""
+        refund = 0 if failed else 1
         with self._tx() as c:
             c.execute(
                 update(operations)
@@ -791,7 +814,7 @@ class Repository:
                     operations.c.worker_id == worker_id,
                     operations.c.status == JobStatus.RUNNING.value,
                 )
-                .values(lease_expires_at=utcnow(), attempts=operations.c.attempts - 1)
+                .values(lease_expires_at=utcnow(), attempts=operations.c.attempts - refund)
             )
 
     def record_step(

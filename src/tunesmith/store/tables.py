@@ -136,6 +136,8 @@ operations = Table(
     Column("status", String(16), nullable=False, index=True),
     Column("base_model", String(200), nullable=False),
     Column("source_tuned_model", String(200)),
+    # The operation whose adapter a job starts from, bound when the job is accepted.
+    Column("source_operation_id", String(64)),
     Column("training_data", Text, nullable=False),  # JSON list of [text_input, output]
     Column("total_steps", Integer, nullable=False),
     Column("completed_steps", Integer, nullable=False, default=0),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from tunesmith.api import wire
 from tunesmith.api.auth import Principal, authenticate, authenticate_reader
+from tunesmith.api.polling import PollPacer
 from tunesmith.api.responses import json_response
 from tunesmith.api.routes.common import pretty
 from tunesmith.api.routes.tuned_models import service
@@ -23,13 +25,22 @@ def cancel_operation(
 
 
 @router.get("/tunedModels/{model_id}/operations/{operation_id}")
-def get_operation(
+async def get_operation(
     request: Request,
     model_id: str,
     operation_id: str,
     caller: Principal = Depends(authenticate_reader),
 ) -> Response:
-    operation, snapshots, model = service(request).operation(caller, model_id, operation_id)
+    tuning = service(request)
+    pacer: PollPacer = request.app.state.poll_pacer
+    key = (caller.id, model_id, operation_id)
+    await pacer.wait_for_news(
+        key, lambda: run_in_threadpool(tuning.repo.operation_progress, operation_id)
+    )
+    operation, snapshots, model = await run_in_threadpool(
+        tuning.operation, caller, model_id, operation_id
+    )
+    pacer.answered(key, (operation.status, operation.completed_steps))
     return json_response(wire.operation_json(operation, snapshots, model), pretty=pretty(request))
 
 

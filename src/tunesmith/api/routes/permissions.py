@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from tunesmith.api import wire
@@ -27,7 +28,7 @@ async def transfer_ownership(
     request: Request, model_id: str, caller: Principal = Depends(authenticate)
 ) -> Response:
     email = wire.decode_transfer(await body(request))
-    sharing(request).transfer_ownership(caller, model_id, email)
+    await run_in_threadpool(sharing(request).transfer_ownership, caller, model_id, email)
     return json_response({}, pretty=pretty(request))
 
 
@@ -36,7 +37,7 @@ async def create_permission(
     request: Request, model_id: str, caller: Principal = Depends(authenticate)
 ) -> Response:
     grant = wire.decode_permission(await body(request))
-    permission = sharing(request).create(caller, model_id, grant)
+    permission = await run_in_threadpool(sharing(request).create, caller, model_id, grant)
     return json_response(wire.permission_json(permission), pretty=pretty(request))
 
 
@@ -71,7 +72,9 @@ async def update_permission(
     request: Request, model_id: str, permission_id: str, caller: Principal = Depends(authenticate)
 ) -> Response:
     role = wire.decode_permission_update(await body(request), query(request, "updateMask"))
-    permission = sharing(request).update(caller, model_id, permission_id, role)
+    permission = await run_in_threadpool(
+        sharing(request).update, caller, model_id, permission_id, role
+    )
     return json_response(wire.permission_json(permission), pretty=pretty(request))
 
 

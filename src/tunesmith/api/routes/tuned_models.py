@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from tunesmith.api import wire
@@ -24,7 +25,7 @@ async def create_tuned_model(
     request: Request, caller: Principal = Depends(authenticate)
 ) -> Response:
     command = wire.decode_create(await body(request), query(request, "tunedModelId"))
-    operation = service(request).create(caller, command)
+    operation = await run_in_threadpool(service(request).create, caller, command)
     return json_response(wire.operation_json(operation, [], None), pretty=pretty(request))
 
 
@@ -71,7 +72,7 @@ async def update_tuned_model(
     request: Request, model_id: str, caller: Principal = Depends(authenticate)
 ) -> Response:
     change = wire.decode_update(await body(request), query(request, "updateMask"))
-    model = service(request).update(caller, model_id, change)
+    model = await run_in_threadpool(service(request).update, caller, model_id, change)
     return json_response(wire.tuned_model_json(model), pretty=pretty(request))
 
 
