@@ -16,7 +16,8 @@ from tunesmith.domain.resources import (
 )
 from tunesmith.domain.validation import TunedModelUpdate
 from tunesmith.store.db import make_engine, migrate
-from tunesmith.store.repository import LeaseLost, Repository
+from tunesmith.store.jobs import LeaseLost
+from tunesmith.store.repository import Repository
 
 EXAMPLES = [TuningExample("1", "2"), TuningExample("3", "4")]
 OWNER = Principal("owner", "owner@localhost")

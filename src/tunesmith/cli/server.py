@@ -151,7 +151,7 @@ def worker(
 
     from tunesmith.jobs.worker import Worker
     from tunesmith.store.db import make_engine, migrate
-    from tunesmith.store.repository import Repository
+    from tunesmith.store.jobs import JobQueue
     from tunesmith.training.base_models import Catalog
 
     configure_logging()
@@ -169,4 +169,4 @@ def worker(
     signal.signal(signal.SIGTERM, graceful)
     if supervisor:
         _exit_with(supervisor)
-    Worker(settings, Repository(engine), Catalog(settings)).run_forever(stop)
+    Worker(settings, JobQueue(engine), Catalog(settings)).run_forever(stop)

@@ -29,8 +29,9 @@ from tunesmith.domain.resources import (
     TuningSnapshot,
 )
 from tunesmith.observability.logs import log_fields
-from tunesmith.store.repository import LeaseLost, Repository, utcnow
+from tunesmith.store.jobs import JobQueue, LeaseLost
 from tunesmith.store.retry import is_transient, retry_transient
+from tunesmith.store.rows import utcnow
 from tunesmith.training.base_models import Catalog, LoadedBaseModel, load_base_model
 from tunesmith.training.lora import Checkpoint, StepResult, train_lora
 
@@ -58,7 +59,7 @@ class JobFailed(Exception):
 class Heartbeat(threading.Thread):
     """Renews a job's lease while a step or a model load takes longer than the lease."""
 
-    def __init__(self, repo: Repository, job: ClaimedJob, worker_id: str, lease: float) -> None:
+    def __init__(self, repo: JobQueue, job: ClaimedJob, worker_id: str, lease: float) -> None:
         super().__init__(daemon=True, name=f"heartbeat-{job.operation_id}")
         self.repo, self.job, self.worker_id, self.lease = repo, job, worker_id, lease
         self.stopped = threading.Event()
@@ -85,7 +86,7 @@ class Heartbeat(threading.Thread):
 
 
 class Worker:
-    def __init__(self, settings: Settings, repo: Repository, catalog: Catalog) -> None:
+    def __init__(self, settings: Settings, repo: JobQueue, catalog: Catalog) -> None:
         self.settings, self.repo, self.catalog = settings, repo, catalog
         self.artifacts = Artifacts.of(settings)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

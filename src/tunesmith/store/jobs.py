@@ -1,0 +1,301 @@
+"""The job queue: operations, leases, steps and their snapshots. The part of the store a
+worker needs, on its own."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+
+from tunesmith.domain.resources import (
+    CANCELLED_ERROR,
+    ClaimedJob,
+    Hyperparameters,
+    JobError,
+    JobStatus,
+    Operation,
+    TunedModelState,
+    TuningExample,
+    TuningSnapshot,
+)
+from tunesmith.store.rows import StoreBase, operation_from_row, snapshot_from_row, utcnow
+from tunesmith.store.tables import (
+    operations,
+    snapshots,
+    tuned_models,
+)
+
+
+class LeaseLost(Exception):
+    """The worker no longer holds the job: it expired, was taken over, or was deleted."""
+
+
+class JobQueue(StoreBase):
+    # ------------------------------------------------------------ operations
+
+    def get_operation(self, model_id: str, operation_id: str) -> Operation | None:
+        query = select(operations).where(
+            operations.c.id == operation_id, operations.c.tuned_model_id == model_id
+        )
+        with self.engine.connect() as c:
+            row = c.execute(query).first()
+        return operation_from_row(row) if row else None
+
+    def operation_progress(self, operation_id: str) -> tuple[JobStatus, int] | None:
+        """An operation's status and completed steps: what changes whenever its answer
+        does, cheap enough to read several times a second while a poll waits."""
+        query = select(operations.c.status, operations.c.completed_steps).where(
+            operations.c.id == operation_id
+        )
+        with self.engine.connect() as c:
+            row = c.execute(query).first()
+        return (JobStatus(row.status), row.completed_steps) if row else None
+
+    def list_operations(self, model_id: str) -> list[Operation]:
+        query = (
+            select(operations)
+            .where(operations.c.tuned_model_id == model_id)
+            .order_by(operations.c.create_time)
+        )
+        with self.engine.connect() as c:
+            return [operation_from_row(r) for r in c.execute(query)]
+
+    def operation_snapshots(self, operation_id: str) -> list[TuningSnapshot]:
+        query = (
+            select(snapshots)
+            .where(snapshots.c.operation_id == operation_id)
+            .order_by(snapshots.c.step)
+        )
+        with self.engine.connect() as c:
+            return [snapshot_from_row(r) for r in c.execute(query)]
+
+    def request_cancel(self, model_id: str, operation_id: str) -> Operation | None:
+        """Cancels a queued job at once; flags a running one for its worker to stop."""
+        with self._tx() as c:
+            row = c.execute(
+                select(operations).where(
+                    operations.c.id == operation_id, operations.c.tuned_model_id == model_id
+                )
+            ).first()
+            if row is None:
+                return None
+            if row.status == JobStatus.QUEUED.value:
+                self._finish(c, operation_id, JobStatus.CANCELLED, CANCELLED_ERROR, utcnow())
+            elif row.status == JobStatus.RUNNING.value:
+                c.execute(
+                    update(operations)
+                    .where(operations.c.id == operation_id)
+                    .values(cancel_requested=True, update_time=utcnow())
+                )
+        return self.get_operation(model_id, operation_id)
+
+    # ------------------------------------------------------------ job queue
+
+    def claim_job(self, worker_id: str, lease_seconds: float) -> ClaimedJob | None:
+        """Takes the oldest queued job, or a running one whose worker stopped renewing its
+        lease. The conditional UPDATE is the lock: of two workers racing, one wins."""
+        now = utcnow()
+        claimable = or_(
+            operations.c.status == JobStatus.QUEUED.value,
+            and_(
+                operations.c.status == JobStatus.RUNNING.value,
+                operations.c.lease_expires_at < now,
+            ),
+        )
+        for _ in range(5):
+            with self._tx() as c:
+                row = c.execute(
+                    select(operations).where(claimable).order_by(operations.c.create_time).limit(1)
+                ).first()
+                if row is None:
+                    return None
+                taken = c.execute(
+                    update(operations)
+                    .where(operations.c.id == row.id, claimable)
+                    .values(
+                        status=JobStatus.RUNNING.value,
+                        worker_id=worker_id,
+                        lease_expires_at=now + timedelta(seconds=lease_seconds),
+                        attempts=operations.c.attempts + 1,
+                        update_time=now,
+                    )
+                ).rowcount
+                if not taken:
+                    continue
+                c.execute(
+                    update(tuned_models)
+                    .where(
+                        tuned_models.c.id == row.tuned_model_id, tuned_models.c.start_time.is_(None)
+                    )
+                    .values(start_time=now)
+                )
+                hp = c.execute(
+                    select(
+                        tuned_models.c.epoch_count,
+                        tuned_models.c.batch_size,
+                        tuned_models.c.learning_rate,
+                    ).where(tuned_models.c.id == row.tuned_model_id)
+                ).one()
+            return ClaimedJob(
+                operation_id=row.id,
+                tuned_model_id=row.tuned_model_id,
+                base_model=row.base_model,
+                source_tuned_model=row.source_tuned_model,
+                source_operation_id=row.source_operation_id,
+                examples=[TuningExample(i, o) for i, o in json.loads(row.training_data)],
+                hyperparameters=Hyperparameters(hp.epoch_count, hp.batch_size, hp.learning_rate),
+                total_steps=row.total_steps,
+                seed=row.seed,
+                attempt=row.attempts + 1,
+                cancel_requested=row.cancel_requested,
+            )
+        return None
+
+    def _held(self, c: Connection, operation_id: str, worker_id: str):
+        row = c.execute(
+            select(operations.c.cancel_requested, operations.c.status).where(
+                operations.c.id == operation_id, operations.c.worker_id == worker_id
+            )
+        ).first()
+        if row is None or row.status != JobStatus.RUNNING.value:
+            raise LeaseLost(operation_id)
+        return row
+
+    def renew_lease(self, operation_id: str, worker_id: str, lease_seconds: float) -> bool:
+        """Extends the lease; returns whether cancellation was asked for."""
+        now = utcnow()
+        with self._tx() as c:
+            row = self._held(c, operation_id, worker_id)
+            c.execute(
+                update(operations)
+                .where(operations.c.id == operation_id)
+                .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+            )
+        return bool(row.cancel_requested)
+
+    def release_lease(self, operation_id: str, worker_id: str, *, failed: bool = False) -> None:
+        """Makes a running job claimable now. A worker shutting down hands its job back
+        without using up an attempt; a `failed` attempt (an error the job's own code did not
+        handle) keeps its count, so a job that always fails reaches the attempt limit."""
+        refund = 0 if failed else 1
+        with self._tx() as c:
+            c.execute(
+                update(operations)
+                .where(
+                    operations.c.id == operation_id,
+                    operations.c.worker_id == worker_id,
+                    operations.c.status == JobStatus.RUNNING.value,
+                )
+                .values(lease_expires_at=utcnow(), attempts=operations.c.attempts - refund)
+            )
+
+    def record_step(
+        self,
+        operation_id: str,
+        worker_id: str,
+        snapshot: TuningSnapshot,
+        lease_seconds: float,
+        tokens: int = 0,
+    ) -> bool:
+        """Stores a step's snapshot and progress and adds the `tokens` it trained on,
+        renewing the lease; returns whether cancellation was asked for."""
+        with self._tx() as c:
+            row = self._held(c, operation_id, worker_id)
+            replaced = c.execute(
+                delete(snapshots).where(
+                    snapshots.c.operation_id == operation_id, snapshots.c.step == snapshot.step
+                )
+            ).rowcount
+            c.execute(
+                insert(snapshots).values(
+                    operation_id=operation_id,
+                    step=snapshot.step,
+                    epoch=snapshot.epoch,
+                    mean_loss=snapshot.mean_loss,
+                    compute_time=snapshot.compute_time,
+                )
+            )
+            c.execute(
+                update(operations)
+                .where(operations.c.id == operation_id)
+                .values(
+                    completed_steps=snapshot.step,
+                    # A step stored again trained on the same batch: its tokens count once.
+                    trained_tokens=operations.c.trained_tokens + (0 if replaced else tokens),
+                    lease_expires_at=snapshot.compute_time + timedelta(seconds=lease_seconds),
+                    update_time=snapshot.compute_time,
+                )
+            )
+        return bool(row.cancel_requested)
+
+    def rewind(self, operation_id: str, worker_id: str, step: int, trained_tokens: int = 0) -> None:
+        """Forgets progress past `step`, where a resumed job picks up from its checkpoint.
+
+        `trained_tokens` is what steps 1..`step` trained on, and replaces the stored count:
+        snapshots keep no per-step token count to subtract, but a job's batches are fixed by
+        its seed, so the worker recomputes it (0 for a fresh start). Steps past `step` are
+        trained again and count again, once."""
+        with self._tx() as c:
+            self._held(c, operation_id, worker_id)
+            c.execute(
+                delete(snapshots).where(
+                    snapshots.c.operation_id == operation_id, snapshots.c.step > step
+                )
+            )
+            c.execute(
+                update(operations)
+                .where(operations.c.id == operation_id)
+                .values(completed_steps=step, trained_tokens=trained_tokens)
+            )
+
+    def finish_job(
+        self, operation_id: str, worker_id: str, status: JobStatus, error: JobError | None
+    ) -> None:
+        with self._tx() as c:
+            self._held(c, operation_id, worker_id)
+            self._finish(c, operation_id, status, error, utcnow())
+
+    def _finish(
+        self,
+        c: Connection,
+        operation_id: str,
+        status: JobStatus,
+        error: JobError | None,
+        now: datetime,
+    ) -> None:
+        c.execute(
+            update(operations)
+            .where(operations.c.id == operation_id)
+            .values(
+                status=status.value,
+                error_code=error.code if error else None,
+                error_message=error.message if error else None,
+                lease_expires_at=None,
+                update_time=now,
+            )
+        )
+        model_id = c.execute(
+            select(operations.c.tuned_model_id).where(operations.c.id == operation_id)
+        ).scalar_one()
+        state = TunedModelState.ACTIVE if status == JobStatus.SUCCEEDED else TunedModelState.FAILED
+        c.execute(
+            update(tuned_models)
+            .where(tuned_models.c.id == model_id)
+            .values(state=int(state), update_time=now, complete_time=now)
+        )
+
+    def count_jobs_by_status(self) -> dict[JobStatus, int]:
+        query = select(operations.c.status, func.count()).group_by(operations.c.status)
+        with self.engine.connect() as c:
+            return {JobStatus(status): count for status, count in c.execute(query)}
+
+    def training_totals(self) -> tuple[int, int]:
+        """(steps completed, tokens trained on), summed over every stored tuning job."""
+        query = select(
+            func.coalesce(func.sum(operations.c.completed_steps), 0),
+            func.coalesce(func.sum(operations.c.trained_tokens), 0),
+        )
+        with self.engine.connect() as c:
+            steps, tokens = c.execute(query).one()
+        return int(steps), int(tokens)
