@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from postgres import PostgresServer
 from tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,9 +161,31 @@ def wait_for_operation(client: httpx.Client, name: str, timeout: float = 240) ->
 
 
 @pytest.fixture(scope="session")
-def server(tiny_model_dir, tmp_path_factory) -> Iterator[LiveServer]:
-    """One shared server on the tiny random model, for compatibility tests."""
-    live = LiveServer(tmp_path_factory.mktemp("server") / "data", tiny_env(tiny_model_dir))
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server on loopback, for the whole run."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+DATABASES = ["sqlite", "postgresql"]
+
+
+def database_env(database: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings for a test server on `database`: SQLite in its data dir (the default), or a
+    new database on the test PostgreSQL server."""
+    if database == "sqlite":
+        return {}
+    url = request.getfixturevalue("postgres").new_database()
+    return {"TUNESMITH_DATABASE_URL": url}
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+def server(request, tiny_model_dir, tmp_path_factory) -> Iterator[LiveServer]:
+    """One shared server on the tiny random model for the integration and compatibility
+    tests, once on each database."""
+    env = {**tiny_env(tiny_model_dir), **database_env(request.param, request)}
+    live = LiveServer(tmp_path_factory.mktemp(f"server-{request.param}") / "data", env)
     live.start()
     yield live
     live.stop()

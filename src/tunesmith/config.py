@@ -15,6 +15,14 @@ def _default_data_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "tunesmith"
 
 
+def database_url(url: str) -> str:
+    """PostgreSQL URLs as people write them, with the psycopg 3 driver SQLAlchemy needs."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url.removeprefix(plain)
+    return url
+
+
 class LocalBaseModel(BaseModel):
     """A base model registered from a local Hugging Face folder or GGUF file."""
 
@@ -106,7 +114,9 @@ class Settings(BaseSettings):
 
     @property
     def sqlalchemy_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'tunesmith.db'}"
+        if self.database_url:
+            return database_url(self.database_url)
+        return f"sqlite:///{self.data_dir / 'tunesmith.db'}"
 
     @property
     def base_model_cache_dir(self) -> Path:

@@ -1,7 +1,10 @@
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from conftest import DATABASES
+from tunesmith.config import database_url
 from tunesmith.domain.access import ListScope, Principal
 from tunesmith.domain.errors import Code, ServiceError
 from tunesmith.domain.quotas import ProjectQuota
@@ -23,9 +26,13 @@ EXAMPLES = [TuningExample("1", "2"), TuningExample("3", "4")]
 OWNER = Principal("owner", "owner@localhost")
 
 
-@pytest.fixture
-def repo(tmp_path) -> Repository:
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+@pytest.fixture(params=DATABASES)
+def repo(request, tmp_path) -> Repository:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    else:
+        url = database_url(request.getfixturevalue("postgres").new_database())
+    engine = make_engine(url)
     migrate(engine)
     migrate(engine)  # idempotent
     repo = Repository(engine)
@@ -33,15 +40,21 @@ def repo(tmp_path) -> Repository:
     return repo
 
 
-def add_model(repo: Repository, model_id: str = "m1", op: str = "op1") -> None:
+def add_model(
+    repo: Repository,
+    model_id: str = "m1",
+    op: str = "op1",
+    project: int | None = None,
+    quota: ProjectQuota = ProjectQuota(),
+) -> None:
     now = datetime.now(UTC)
     model = TunedModel(
         id=model_id, base_model="models/x", display_name="", description="", temperature=1.0,
         top_p=0.9, top_k=10, state=TunedModelState.CREATING, create_time=now, update_time=now,
-        hyperparameters=Hyperparameters(2, 1, 0.001), owner_id="owner",
+        hyperparameters=Hyperparameters(2, 1, 0.001), owner_id="owner", project_number=project,
     )  # fmt: skip
     repo.create_tuned_model(
-        model, op, EXAMPLES, seed=7, total_steps=4, owner_email=OWNER.email, quota=ProjectQuota()
+        model, op, EXAMPLES, seed=7, total_steps=4, owner_email=OWNER.email, quota=quota
     )
 
 
@@ -157,3 +170,30 @@ def test_delete_returns_the_operations_whose_artifacts_go_too(repo):
     add_model(repo)
     assert repo.delete_tuned_model("m1") == ["op1"]
     assert repo.delete_tuned_model("m1") is None
+
+
+def test_concurrent_creates_stay_exactly_within_the_project_quota(repo):
+    """The quota count and the insert it allows are one step, across threads (and, on
+    PostgreSQL, across API replicas: the project's row is locked)."""
+    repo.create_project(42, "busy-project")
+    quota = ProjectQuota(concurrent_jobs=4)
+
+    def create(n: int) -> bool:
+        try:
+            add_model(repo, f"m{n}", f"op{n}", project=42, quota=quota)
+            return True
+        except ServiceError as error:
+            assert error.code is Code.RESOURCE_EXHAUSTED
+            return False
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        accepted = sum(pool.map(create, range(20)))
+    assert accepted == 4
+
+
+def test_racing_workers_claim_different_jobs(repo):
+    for n in range(4):
+        add_model(repo, f"m{n}", f"op{n}")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        claims = list(pool.map(lambda n: repo.claim_job(f"w{n}", 60), range(4)))
+    assert sorted(job.operation_id for job in claims if job) == ["op0", "op1", "op2", "op3"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -104,8 +103,6 @@ class TuningService:
         self.quota = ProjectQuota(
             settings.quota_tuned_models_per_project, settings.quota_concurrent_jobs_per_project
         )
-        # Serialises create's quota count and insert within this server process.
-        self._create_lock = threading.Lock()
 
     # ------------------------------------------------------------ base models
 
@@ -157,17 +154,16 @@ class TuningService:
         steps = tuning.total_steps(n, epochs, batch)
         operation_id = names.operation_id()
         seed = secrets.randbelow(2**31)
-        with self._create_lock:
-            self.repo.create_tuned_model(
-                model,
-                operation_id,
-                request.examples,
-                seed,
-                steps,
-                caller.email,
-                self.quota,
-                source_operation_id=source_operation,
-            )
+        self.repo.create_tuned_model(
+            model,
+            operation_id,
+            request.examples,
+            seed,
+            steps,
+            caller.email,
+            self.quota,
+            source_operation_id=source_operation,
+        )
         operation = self.repo.get_operation(model.id, operation_id)
         assert operation is not None
         return operation

@@ -94,19 +94,24 @@ class JobQueue(StoreBase):
 
     def claim_job(self, worker_id: str, lease_seconds: float) -> ClaimedJob | None:
         """Takes the oldest queued job, or a running one whose worker stopped renewing its
-        lease. The conditional UPDATE is the lock: of two workers racing, one wins."""
-        now = utcnow()
-        claimable = or_(
-            operations.c.status == JobStatus.QUEUED.value,
-            and_(
-                operations.c.status == JobStatus.RUNNING.value,
-                operations.c.lease_expires_at < now,
-            ),
-        )
+        lease. On PostgreSQL the row is locked with SKIP LOCKED, so racing workers take
+        different jobs; everywhere the conditional UPDATE is the lock: of two, one wins."""
         for _ in range(5):
             with self._tx() as c:
+                now = self._now(c)
+                claimable = or_(
+                    operations.c.status == JobStatus.QUEUED.value,
+                    and_(
+                        operations.c.status == JobStatus.RUNNING.value,
+                        operations.c.lease_expires_at < now,
+                    ),
+                )
                 row = c.execute(
-                    select(operations).where(claimable).order_by(operations.c.create_time).limit(1)
+                    select(operations)
+                    .where(claimable)
+                    .order_by(operations.c.create_time)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
                 ).first()
                 if row is None:
                     return None
@@ -164,13 +169,13 @@ class JobQueue(StoreBase):
 
     def renew_lease(self, operation_id: str, worker_id: str, lease_seconds: float) -> bool:
         """Extends the lease; returns whether cancellation was asked for."""
-        now = utcnow()
         with self._tx() as c:
             row = self._held(c, operation_id, worker_id)
+            expires = self._now(c) + timedelta(seconds=lease_seconds)
             c.execute(
                 update(operations)
                 .where(operations.c.id == operation_id)
-                .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+                .values(lease_expires_at=expires)
             )
         return bool(row.cancel_requested)
 
@@ -187,7 +192,7 @@ class JobQueue(StoreBase):
                     operations.c.worker_id == worker_id,
                     operations.c.status == JobStatus.RUNNING.value,
                 )
-                .values(lease_expires_at=utcnow(), attempts=operations.c.attempts - refund)
+                .values(lease_expires_at=self._now(c), attempts=operations.c.attempts - refund)
             )
 
     def record_step(
@@ -223,7 +228,7 @@ class JobQueue(StoreBase):
                     completed_steps=snapshot.step,
                     # A step stored again trained on the same batch: its tokens count once.
                     trained_tokens=operations.c.trained_tokens + (0 if replaced else tokens),
-                    lease_expires_at=snapshot.compute_time + timedelta(seconds=lease_seconds),
+                    lease_expires_at=self._now(c) + timedelta(seconds=lease_seconds),
                     update_time=snapshot.compute_time,
                 )
             )

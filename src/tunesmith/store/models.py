@@ -43,6 +43,7 @@ from tunesmith.store.rows import (
 from tunesmith.store.tables import (
     operations,
     permissions,
+    projects,
     reader_projects,
     snapshots,
     tuned_models,
@@ -97,8 +98,11 @@ class ModelStore(StoreBase):
             ) from error
 
     def _check_quota(self, c: Connection, project: int | None, quota: ProjectQuota) -> None:
+        """Counts under a lock of the project's row (PostgreSQL; SQLite's write transaction
+        holds the whole database), so API replicas creating at once stay within quota."""
         if project is None:
             return
+        c.execute(select(projects.c.number).where(projects.c.number == project).with_for_update())
         models = c.execute(
             select(func.count()).where(tuned_models.c.project_number == project)
         ).scalar_one()

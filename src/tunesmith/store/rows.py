@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, and_, or_, select
+from sqlalchemy import Connection, Engine, and_, func, or_, select
 
 from tunesmith.domain.access import (
     Account,
@@ -24,6 +24,7 @@ from tunesmith.domain.resources import (
     TunedModelState,
     TuningSnapshot,
 )
+from tunesmith.store.db import writer
 from tunesmith.store.tables import (
     permissions,
     reader_projects,
@@ -174,8 +175,18 @@ class StoreBase:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._writer = writer(engine)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as connection:
+        """A transaction that writes: all or nothing, serialised with other writers."""
+        with self._writer.begin() as connection:
             yield connection
+
+    @staticmethod
+    def _now(c: Connection) -> datetime:
+        """The database's clock, so leases mean the same to workers on other machines; on
+        SQLite, whose file is on this machine, this machine's."""
+        if c.dialect.name == "postgresql":
+            return c.execute(select(func.now())).scalar_one().astimezone(UTC)
+        return utcnow()
