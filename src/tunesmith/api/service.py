@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +36,8 @@ from tunesmith.domain.validation import (
     Violations,
     check_generation,
 )
-from tunesmith.jobs.worker import adapter_dir, trained_adapter
+from tunesmith.jobs.cleanup import remove_model_files
+from tunesmith.jobs.worker import trained_adapter
 from tunesmith.serving.engine import Engine, Generation, SamplingParams, StreamChunk
 from tunesmith.store.repository import Repository
 from tunesmith.training.base_models import Catalog, CatalogEntry
@@ -222,9 +222,10 @@ class TuningService:
 
     def delete(self, caller: Principal, model_id: str) -> None:
         authorize_model(self.repo, caller, model_id, Action.DELETE)
+        operation_ids = [op.id for op in self.repo.list_operations(model_id)]
         if not self.repo.delete_tuned_model(model_id):
             raise model_missing(model_id)
-        shutil.rmtree(adapter_dir(self.settings, model_id), ignore_errors=True)
+        remove_model_files(self.settings, model_id, operation_ids)
 
     # ------------------------------------------------------------ operations
 

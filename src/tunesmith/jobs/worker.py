@@ -24,6 +24,7 @@ from tunesmith.domain.resources import (
     JobStatus,
     TuningSnapshot,
 )
+from tunesmith.jobs.cleanup import remove_if_deleted
 from tunesmith.observability.logs import log_fields
 from tunesmith.store.repository import LeaseLost, Repository, utcnow
 from tunesmith.training.base_models import Catalog, LoadedBaseModel, load_base_model
@@ -114,6 +115,7 @@ class Worker:
             log.warning(
                 "lost the lease on %s; another worker or a delete took it", job.operation_id
             )
+            remove_if_deleted(self.settings, self.repo, job.tuned_model_id, job.operation_id)
         except BaseException:
             # Shutting down mid-job: hand the job back at once instead of at lease expiry.
             self.repo.release_lease(job.operation_id, self.worker_id)
