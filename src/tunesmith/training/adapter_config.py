@@ -86,17 +86,18 @@ def allowed_config(config: dict[str, Any]) -> dict[str, Any]:
     if config.get("peft_type") != "LORA":
         raise InvalidAdapter(
             _field("peft_type"),
-            f"only LoRA adapters can be imported; peft_type is {config.get('peft_type')!r}",
+            f"only LoRA adapters can be imported; peft_type is {_shown(config.get('peft_type'))}",
         )
     if config.get("task_type") not in (None, "CAUSAL_LM"):
         raise InvalidAdapter(
-            _field("task_type"), f"task_type must be CAUSAL_LM, got {config.get('task_type')!r}"
+            _field("task_type"),
+            f"task_type must be CAUSAL_LM, got {_shown(config.get('task_type'))}",
         )
     base = config.get("base_model_name_or_path")
     allowed = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base if isinstance(base, str) else None,
+        "base_model_name_or_path": base if isinstance(base, str) and len(base) <= 256 else None,
         "r": _number(config, "r", int, MAX_RANK),
         "lora_alpha": _number(config, "lora_alpha", (int, float), MAX_LORA_ALPHA),
         "target_modules": _targets(config.get("target_modules")),
@@ -121,7 +122,7 @@ def _number(config: dict[str, Any], name: str, kind, most: int) -> int | float:
         or not 0 < value <= most
     ):
         raise InvalidAdapter(
-            _field(name), f"{name} must be a positive number at most {most}, got {value!r}"
+            _field(name), f"{name} must be a positive number at most {most}, got {_shown(value)}"
         )
     return value
 
@@ -131,7 +132,7 @@ def _targets(value: Any) -> list[str]:
         raise InvalidAdapter(
             _field("target_modules"),
             "target_modules must be a list of module names; patterns (regular expressions, "
-            f"'all-linear') cannot be imported, got {value[:100]!r}",
+            f"'all-linear') cannot be imported, got {_shown(value)}",
         )
     if (
         not isinstance(value, list)
@@ -164,7 +165,7 @@ def targets_layer(targets: list[str], layer: str) -> bool:
 def _dropout(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
         raise InvalidAdapter(
-            _field("lora_dropout"), f"lora_dropout must be a number in [0, 1), got {value!r}"
+            _field("lora_dropout"), f"lora_dropout must be a number in [0, 1), got {_shown(value)}"
         )
     return float(value)
 
@@ -173,7 +174,8 @@ def _exactly(config: dict[str, Any], name: str, only: object) -> object:
     value = config.get(name, only)
     if value != only or type(value) is not type(only):
         raise InvalidAdapter(
-            _field(name), f"{name} must be {json.dumps(only)} in an imported adapter, got {value!r}"
+            _field(name),
+            f"{name} must be {json.dumps(only)} in an imported adapter, got {_shown(value)}",
         )
     return only
 
@@ -181,7 +183,7 @@ def _exactly(config: dict[str, Any], name: str, only: object) -> object:
 def _flag(config: dict[str, Any], name: str) -> bool:
     value = config.get(name, False)
     if not isinstance(value, bool):
-        raise InvalidAdapter(_field(name), f"{name} must be true or false, got {value!r}")
+        raise InvalidAdapter(_field(name), f"{name} must be true or false, got {_shown(value)}")
     return value
 
 
@@ -189,7 +191,7 @@ def _init(value: Any) -> bool:
     if not any(value == safe and type(value) is type(safe) for safe in SAFE_INITS):
         raise InvalidAdapter(
             _field("init_lora_weights"),
-            f"init_lora_weights {value!r} cannot be imported: only true, false or 'gaussian' "
+            f"init_lora_weights {_shown(value)} cannot be imported: only true, false or 'gaussian' "
             "leave the base model's weights untouched",
         )
     return True  # loading replaces the adapter's matrices: its initialisation never shows
@@ -201,5 +203,12 @@ def _check_unset(name: str, value: Any) -> None:
         name in lora_defaults() and value == lora_defaults()[name]
     ):
         return
+    name = name[:100]  # a client's key, named in the error
     what = UNSUPPORTED_OPTIONS.get(name, f"adapters that set {name}")
     raise InvalidAdapter(_field(name), f"{what} cannot be imported; {name} must be unset")
+
+
+def _shown(value: Any) -> str:
+    """A client's value in an error message, cut short."""
+    shown = repr(value)
+    return shown if len(shown) <= 80 else f"{shown[:77]}..."
