@@ -2,6 +2,7 @@
 
     {data_dir}/adapters/{tuned_model_id}/{operation_id}/   a tuning operation's adapter
     {data_dir}/checkpoints/{operation_id}.pt               a running job's resumable state
+                                        (.tmp while it is written)
 
 A tuned model's adapters sit in one folder per operation, so a reused tuned model id never
 finds (or is served from a cache of) an older model's adapter. Folders are written under a
@@ -41,6 +42,13 @@ class Artifacts:
     def checkpoint(self, operation_id: str) -> Path:
         return self.checkpoints_root / f"{operation_id}.pt"
 
+    def remove_checkpoint(self, operation_id: str) -> None:
+        """A job's checkpoint and a half-written one: they hold the adapter and optimizer
+        state, so they are as private as the model."""
+        checkpoint = self.checkpoint(operation_id)
+        for path in (checkpoint, checkpoint.with_suffix(".tmp")):
+            path.unlink(missing_ok=True)
+
     def publish(self, tuned_model_id: str, operation_id: str) -> bool:
         """Moves a staged adapter into place; False if its model's folder was deleted
         meanwhile (the model is gone, and nothing is left behind)."""
@@ -62,7 +70,7 @@ class Artifacts:
         once nothing else is in it."""
         shutil.rmtree(self.adapter(tuned_model_id, operation_id), ignore_errors=True)
         self.discard_staging(tuned_model_id, operation_id)
-        self.checkpoint(operation_id).unlink(missing_ok=True)
+        self.remove_checkpoint(operation_id)
         with contextlib.suppress(OSError):  # not empty, or already gone
             self.model_dir(tuned_model_id).rmdir()
 
@@ -70,4 +78,4 @@ class Artifacts:
         """Every artifact of a deleted tuned model: its adapters and its jobs' checkpoints."""
         shutil.rmtree(self.model_dir(tuned_model_id), ignore_errors=True)
         for operation_id in operation_ids:
-            self.checkpoint(operation_id).unlink(missing_ok=True)
+            self.remove_checkpoint(operation_id)

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1  # worker subprocesses started by `tunesmith serve`
+    # A request's headers must arrive within this many seconds of the connection opening
+    # (or of the previous response); a request body may not stall for longer than the other.
+    http_header_timeout_seconds: float = Field(10.0, gt=0)
+    http_body_timeout_seconds: float = Field(30.0, gt=0)
 
     default_base_model: str = "models/gemma-3-270m"
     base_model_aliases: dict[str, ModelAlias] = Field(default_factory=_tutorial_aliases)

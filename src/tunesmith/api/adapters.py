@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fastapi import Request
 
+from tunesmith.api.archive_reader import COPY_CHUNK, DAMAGED, MAX_READ, ArchiveRefused, open_tar
 from tunesmith.api.routes.common import query
 from tunesmith.api.service import TuningService
 from tunesmith.config import Settings
@@ -42,7 +43,9 @@ FORMATS = ("peft", "merged")
 MAX_ARCHIVE_BYTES = 512 * 1024**2  # what an import may upload
 MAX_UNPACKED_BYTES = 1024**3  # what its archive may unpack to, every file counted
 MAX_CONFIG_BYTES = 1024**2
-MAX_MEMBERS = 1000
+# tarfile keeps every member's headers (each at most archive_reader.MAX_READ) in memory.
+MAX_MEMBERS = 256
+MAX_TAR_OVERHEAD = MAX_MEMBERS * 2 * MAX_READ  # headers and padding between the files
 # The files an import reads, with their size limits; anything else in the archive is skipped.
 WANTED = {ADAPTER_CONFIG: MAX_CONFIG_BYTES, ADAPTER_WEIGHTS: MAX_ARCHIVE_BYTES}
 
@@ -109,10 +112,11 @@ async def receive_archive(request: Request, dest: Path) -> Path:
 
 def unpack(archive: Path, dest: Path) -> dict[str, Path]:
     """adapter_config.json and adapter_model.safetensors from a tar archive (at its top or
-    in one folder), extracted to `dest`; nothing else is extracted."""
+    in one folder), extracted to `dest`; nothing else is extracted. Headers, members and
+    decompressed bytes are bounded before they are read (archive_reader.py)."""
     found: dict[str, Path] = {}
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with open_tar(archive, MAX_UNPACKED_BYTES + MAX_TAR_OVERHEAD) as tar:
             unpacked = 0
             for count, member in enumerate(tar, start=1):
                 unpacked += member.size
@@ -126,9 +130,11 @@ def unpack(archive: Path, dest: Path) -> dict[str, Path]:
                 if member.size > WANTED[name]:
                     raise too_large(name, WANTED[name])
                 found[name] = _extract(tar, member, dest / name)
+    except ArchiveRefused as refused:
+        raise _bad_archive(str(refused)) from None
     except tarfile.ReadError:
         raise _bad_archive("it is not a tar archive (plain, gzip, bzip2 or xz)") from None
-    except (tarfile.TarError, EOFError, OSError) as error:
+    except (tarfile.TarError, OSError, *DAMAGED) as error:
         raise _bad_archive(f"it is damaged ({error})") from None
     for name in WANTED:
         if name not in found:
@@ -147,7 +153,7 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> Path:
     source = tar.extractfile(member)
     assert source is not None  # a regular file always has contents
     with source, dest.open("wb") as out:
-        shutil.copyfileobj(source, out)
+        shutil.copyfileobj(source, out, COPY_CHUNK)
     return dest
 
 

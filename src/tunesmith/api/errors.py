@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from tunesmith.api.responses import json_response
@@ -100,6 +101,12 @@ def install(app: FastAPI) -> None:
         return error_response(
             ServiceError(Code.INVALID_ARGUMENT, violations[0].description, violations)
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_request: Request, _error: ClientDisconnect) -> Response:
+        # The client closed the connection (or stalled past the body timeout) mid-body: no
+        # one reads this answer, but the access log shows 499 rather than a server error.
+        return error_response(ServiceError(Code.CANCELLED, "The client closed the request."))
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, error: Exception) -> Response:

@@ -103,6 +103,7 @@ def serve(
     import uvicorn
 
     from tunesmith.api.app import create_app
+    from tunesmith.api.http_protocol import deadline_protocol
     from tunesmith.training.base_models import Catalog, ensure_cached
 
     configure_logging()
@@ -126,6 +127,9 @@ def serve(
             port=settings.port,
             log_config=None,
             access_log=False,
+            http=deadline_protocol(
+                settings.http_header_timeout_seconds, settings.http_body_timeout_seconds
+            ),
         )
     finally:
         pool.stop()

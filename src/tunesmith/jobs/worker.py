@@ -252,7 +252,7 @@ class Worker:
         retry_transient(
             lambda: self.repo.finish_job(job.operation_id, self.worker_id, status, error)
         )
-        self.artifacts.checkpoint(job.operation_id).unlink(missing_ok=True)
+        self.artifacts.remove_checkpoint(job.operation_id)
         self.artifacts.discard_staging(job.tuned_model_id, job.operation_id)
         log.info("job %s ended %s", job.operation_id, status.value)
 

@@ -21,6 +21,7 @@ from peft import PeftModel
 from tunesmith.domain.resources import Turn
 from tunesmith.serving.sampling import SamplingParams, next_tokens
 from tunesmith.training.base_models import BaseModelSpec, LoadedBaseModel
+from tunesmith.training.model_builds import attach_adapter
 
 __all__ = ["Candidate", "Engine", "Generation", "SamplingParams", "StreamChunk"]
 
@@ -142,10 +143,7 @@ class _ServedModel:
     def _load_adapter(self, key: str) -> str:
         # peft adapter names become module keys, which may not contain dots: no paths
         name = f"adapter_{next(self._names)}"
-        if self._peft is None:
-            self._peft = PeftModel.from_pretrained(self.loaded.model, key, adapter_name=name)
-        else:
-            self._peft.load_adapter(key, adapter_name=name)
+        self._peft = attach_adapter(self._peft, self.loaded.model, Path(key), name)
         self._adapters[key] = name
         return name
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.config import Settings
+from tunesmith.training.model_builds import building_models
 from tunesmith.training.prompt import PromptCodec, detect_prompt_format
 
 log = logging.getLogger(__name__)
@@ -239,14 +240,16 @@ def _convert_gguf(source: Source, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        source.folder, gguf_file=source.gguf_file, dtype=torch.float32
-    )
+    with building_models():
+        loaded = AutoModelForCausalLM.from_pretrained(
+            source.folder, gguf_file=source.gguf_file, dtype=torch.float32
+        )
     # transformers cannot save a GGUF-loaded model: rebuild it plainly, then save that.
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with building_models():
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict())
     fresh.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
@@ -259,7 +262,8 @@ def load_base_model(spec: BaseModelSpec, cache_root: Path, dtype: str = "bfloat1
 
     folder = ensure_cached(spec, cache_root)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+    with building_models():
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
     model.eval()
     model.requires_grad_(False)
     codec = PromptCodec(tokenizer, detect_prompt_format(tokenizer))

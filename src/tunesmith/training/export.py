@@ -24,29 +24,22 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tunesmith.domain.resources import Turn
+from tunesmith.training.adapter_config import (
+    ADAPTER_CONFIG,
+    MAX_RANK,
+    InvalidAdapter,
+    allowed_config,
+    check_targets,
+    parse_config,
+    targets_layer,
+)
+from tunesmith.training.model_builds import building_models, check_stored_config
 from tunesmith.training.prompt import PromptCodec, detect_prompt_format
 
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-MAX_RANK = 256
 LORA_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<matrix>[AB])\.weight")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# LoRA variants that need tensors or layers beyond plain A/B matrices on linear layers.
-UNSUPPORTED_OPTIONS = {
-    "use_dora": "DoRA adapters",
-    "modules_to_save": "adapters that also save whole modules (modules_to_save)",
-    "trainable_token_indices": "adapters that train token embeddings",
-    "lora_bias": "adapters with LoRA biases",
-    "target_parameters": "adapters on parameters rather than modules",
-}
-
-
-class InvalidAdapter(ValueError):
-    """An imported adapter the server cannot serve: `where` names the file or field."""
-
-    def __init__(self, where: str, problem: str) -> None:
-        super().__init__(problem)
-        self.where, self.problem = where, problem
+MAX_WEIGHT = 1000.0  # |value| of any imported LoRA weight; trained ones stay near 1
 
 
 @dataclass(frozen=True)
@@ -112,8 +105,10 @@ def export_merged(adapter: Path, base_folder: Path, out: Path, defaults: Samplin
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    check_stored_config(adapter)
+    with building_models():
+        base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
+        merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
     codec = _save_tokenizer(base_folder, out)
     generation = merged.generation_config
     generation.eos_token_id = codec.stop_token_ids
@@ -143,68 +138,14 @@ def _skeleton(base_folder: Path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(base_folder)
-    with torch.device("meta"):
+    with building_models(), torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
 
 
 def read_adapter_config(raw: bytes) -> dict[str, Any]:
-    """adapter_config.json as a dict, if it describes a plain LoRA adapter for causal LMs."""
-    try:
-        config = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidAdapter(
-            ADAPTER_CONFIG, f"{ADAPTER_CONFIG} is not valid JSON: {error}"
-        ) from None
-    if not isinstance(config, dict):
-        raise InvalidAdapter(ADAPTER_CONFIG, f"{ADAPTER_CONFIG} must hold a JSON object")
-    if config.get("peft_type") != "LORA":
-        raise InvalidAdapter(
-            f"{ADAPTER_CONFIG}.peft_type",
-            f"only LoRA adapters can be imported; peft_type is {config.get('peft_type')!r}",
-        )
-    if config.get("task_type") not in (None, "CAUSAL_LM"):
-        raise InvalidAdapter(
-            f"{ADAPTER_CONFIG}.task_type",
-            f"task_type must be CAUSAL_LM, got {config.get('task_type')!r}",
-        )
-    _check_number(config, "r", int, MAX_RANK)
-    _check_number(config, "lora_alpha", (int, float), None)
-    for option, what in UNSUPPORTED_OPTIONS.items():
-        if config.get(option):
-            raise InvalidAdapter(
-                f"{ADAPTER_CONFIG}.{option}", f"{what} cannot be imported; {option} must be unset"
-            )
-    targets = config.get("target_modules")
-    if not (_is_pattern(targets) or _is_string_list(targets)):
-        raise InvalidAdapter(
-            f"{ADAPTER_CONFIG}.target_modules",
-            "target_modules must be a list of module names or a regular expression",
-        )
-    return config
-
-
-def _is_pattern(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        re.compile(value)
-    except re.error:
-        return False
-    return True
-
-
-def _check_number(config: dict[str, Any], name: str, kind, most: int | None) -> None:
-    value = config.get(name)
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-        raise InvalidAdapter(
-            f"{ADAPTER_CONFIG}.{name}", f"{name} must be a positive number, got {value!r}"
-        )
-    if most is not None and value > most:
-        raise InvalidAdapter(f"{ADAPTER_CONFIG}.{name}", f"{name} must be at most {most}")
-
-
-def _is_string_list(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+    """adapter_config.json's allow-listed fields, if it describes a plain LoRA adapter for
+    causal LMs (see adapter_config.py)."""
+    return allowed_config(parse_config(raw))
 
 
 def read_adapter_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -233,14 +174,23 @@ def check_weights(
                 f"tensor {key!r} is not a LoRA weight (base_model.model.<module>.lora_A.weight "
                 "or .lora_B.weight)",
             )
-        if tensor.dtype not in FLOAT_DTYPES or not bool(torch.isfinite(tensor).all()):
+        if tensor.dtype not in FLOAT_DTYPES or not _bounded(tensor):
             raise InvalidAdapter(
                 ADAPTER_WEIGHTS,
-                f"tensor {key!r} must be finite float32, float16 or bfloat16 ({tensor.dtype})",
+                f"tensor {key!r} must be finite float32, float16 or bfloat16 with values "
+                f"within ±{MAX_WEIGHT:g} ({tensor.dtype})",
             )
         pairs.setdefault(match["module"], {})[match["matrix"]] = tensor
     for module, pair in pairs.items():
         _check_module(config, module, pair, shapes)
+
+
+def _bounded(tensor: torch.Tensor) -> bool:
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    finite = bool(torch.isfinite(tensor).all())
+    return finite and float(low) >= -MAX_WEIGHT and float(high) <= MAX_WEIGHT
 
 
 def _check_module(
@@ -253,7 +203,7 @@ def _check_module(
         raise InvalidAdapter(
             ADAPTER_WEIGHTS, f"the base model has no linear layer {module!r} for the adapter"
         )
-    if not _targeted(config["target_modules"], module):
+    if not targets_layer(config["target_modules"], module):
         raise InvalidAdapter(
             f"{ADAPTER_CONFIG}.target_modules",
             f"the weights adapt {module!r}, which target_modules does not name",
@@ -273,16 +223,10 @@ def _check_module(
             f"{module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; the base "
             f"model's layer needs (r, {in_features}) and ({out_features}, r) with r <= {MAX_RANK}",
         )
-    if rank != config["r"] and not config.get("rank_pattern"):
+    if rank != config["r"]:
         raise InvalidAdapter(
             f"{ADAPTER_CONFIG}.r", f"r is {config['r']} but {module!r} has rank {rank}"
         )
-
-
-def _targeted(targets: str | list[str], module: str) -> bool:
-    if isinstance(targets, str):
-        return targets == "all-linear" or re.fullmatch(targets, module) is not None
-    return module.rsplit(".", 1)[-1] in targets or module in targets
 
 
 def store_imported_adapter(
@@ -291,8 +235,10 @@ def store_imported_adapter(
     """Checks an adapter (its config read by `read_adapter_config`) against the base model
     and writes it to `out` in the layout the worker writes."""
     config = dict(config)
+    shapes = linear_shapes(base_folder)
+    check_targets(config["target_modules"], set(shapes))
     tensors = read_adapter_weights(weights)
-    check_weights(config, tensors, linear_shapes(base_folder))
+    check_weights(config, tensors, shapes)
     config["base_model_name_or_path"] = base_name
     config["inference_mode"] = True
     out.mkdir(parents=True, exist_ok=True)
@@ -306,6 +252,7 @@ def _check_peft_loads(base_folder: Path, adapter: Path) -> None:
     from peft import PeftModel
 
     try:
-        PeftModel.from_pretrained(_skeleton(base_folder), adapter, low_cpu_mem_usage=True)
+        with building_models():
+            PeftModel.from_pretrained(_skeleton(base_folder), adapter, low_cpu_mem_usage=True)
     except Exception as error:  # peft raises many kinds; each means the adapter is unusable
         raise InvalidAdapter(ADAPTER_CONFIG, f"peft cannot load the adapter: {error}") from None

@@ -22,6 +22,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from tunesmith.domain.resources import Hyperparameters, TuningExample
 from tunesmith.domain.tuning import batch_bounds, epoch_after_step, total_steps
 from tunesmith.training.base_models import LoadedBaseModel
+from tunesmith.training.model_builds import building_models, check_stored_config
 
 # Measured on the tutorial task (docs/PERFORMANCE.md): rank 8 on the attention projections
 # learns it in 19 steps; adding the MLP projections cost time and held-out accuracy.
@@ -100,7 +101,9 @@ def attach_lora(base: LoadedBaseModel, init_adapter: Path | None) -> PeftModel:
     """Wraps the shared base model with a fresh trainable adapter, or with a tuned model's
     adapter to continue from it. `detach` must undo this before the base is reused."""
     if init_adapter is not None:
-        return PeftModel.from_pretrained(base.model, init_adapter, is_trainable=True)
+        check_stored_config(init_adapter)
+        with building_models():
+            return PeftModel.from_pretrained(base.model, init_adapter, is_trainable=True)
     config = LoraConfig(
         r=LORA_RANK,
         lora_alpha=LORA_ALPHA,
@@ -108,7 +111,8 @@ def attach_lora(base: LoadedBaseModel, init_adapter: Path | None) -> PeftModel:
         lora_dropout=0.0,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(base.model, config)
+    with building_models():
+        return get_peft_model(base.model, config)
 
 
 def detach(model: PeftModel) -> None:
