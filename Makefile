@@ -25,11 +25,13 @@ $(BROWSER_STAMP): $(BROWSER_TESTS)/package.json $(BROWSER_TESTS)/package-lock.js
 	cd $(BROWSER_TESTS) && npm ci --no-audit --no-fund
 	touch $(BROWSER_STAMP)
 
-# Debian packages the tests drive: Chromium for the console's browser tests, tmux for the CLI's.
+# Debian packages the tests drive: Chromium for the console's browser tests, tmux for the CLI's,
+# PostgreSQL for the store and server tests on PostgreSQL (they start a private server).
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v tmux >/dev/null || missing="$$missing tmux"; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
