@@ -32,7 +32,7 @@ from tunesmith.observability.logs import log_fields
 from tunesmith.store.repository import LeaseLost, Repository, utcnow
 from tunesmith.store.retry import is_transient, retry_transient
 from tunesmith.training.base_models import Catalog, LoadedBaseModel, load_base_model
-from tunesmith.training.lora import Checkpoint, StepResult, train_lora
+from tunesmith.training.lora import StepResult, train_lora
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class Worker:
             job.hyperparameters,
             job.seed,
             staging,
-            Checkpoint(self.artifacts.checkpoint(job.operation_id)),
+            self.artifacts.resumable(job.operation_id),
             on_step=on_step,
             on_resume=on_resume,
             init_adapter=init,
@@ -238,8 +238,8 @@ class Worker:
             operations = self.repo.list_operations(source_id)
             operation_id = operations[-1].id if operations else None
         bound = operation_id and self.repo.get_operation(source_id, operation_id)
-        adapter = self.artifacts.adapter(source_id, operation_id) if operation_id else None
-        if not bound or adapter is None or not adapter.exists():
+        adapter = self.artifacts.fetch_adapter(source_id, operation_id) if bound else None
+        if adapter is None:
             raise JobFailed(
                 Code.FAILED_PRECONDITION,
                 f"Tuning failed: the source tuned model {job.source_tuned_model} was deleted "
@@ -251,7 +251,7 @@ class Worker:
         retry_transient(
             lambda: self.repo.finish_job(job.operation_id, self.worker_id, status, error)
         )
-        self.artifacts.checkpoint(job.operation_id).unlink(missing_ok=True)
+        self.artifacts.remove_checkpoint(job.operation_id)
         self.artifacts.discard_staging(job.tuned_model_id, job.operation_id)
         log.info("job %s ended %s", job.operation_id, status.value)
 
