@@ -91,6 +91,17 @@ class Worker:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._bases: dict[str, LoadedBaseModel] = {}
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Worker:
+        """A worker on the settings' database, migrated first (any process may be the first)."""
+        from tunesmith.store.db import make_engine, migrate
+
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        engine = make_engine(settings.sqlalchemy_url)
+        migrate(engine)
+        return cls(settings, Repository(engine), Catalog(settings))
+
     def run_forever(self, stop: threading.Event) -> None:
         self.preload_default_base()
         log.info("worker %s waiting for jobs", self.worker_id)
@@ -201,6 +212,8 @@ class Worker:
                 raise LeaseLost(job.operation_id)
 
         def on_resume(step: int, tokens: int) -> None:
+            if step:
+                log.info("resuming %s from its checkpoint of step %d", job.operation_id, step)
             retry_transient(
                 lambda: self.repo.rewind(
                     job.operation_id, self.worker_id, step, trained_tokens=tokens
