@@ -131,8 +131,8 @@ def test_a_worker_resumes_from_a_checkpoint_another_worker_uploaded(
     url, options = bucket
     b_settings = s3_settings(tmp_path, "b", bucket, job_lease_seconds=1.0)
     repo = make_repo(b_settings)
-    operation_id = queue_job(repo, "resumed", epochs=80)
-    steps = 2 * 80  # queue_job: 4 examples, batch 2
+    operation_id = queue_job(repo, "resumed", epochs=40)
+    steps = 2 * 40  # queue_job: 4 examples, batch 2
 
     a_env = {
         **os.environ,
@@ -140,7 +140,7 @@ def test_a_worker_resumes_from_a_checkpoint_another_worker_uploaded(
         "TUNESMITH_BASE_MODEL_DIR": str(b_settings.base_model_dir),
         "TUNESMITH_DATABASE_URL": b_settings.database_url,
         "TUNESMITH_ARTIFACT_URL": url,
-        "TUNESMITH_ARTIFACT_OPTIONS": json.dumps(options),
+        "AWS_ENDPOINT_URL": options["endpoint_url"],  # botocore's own setting works as well
         "TUNESMITH_CHECKPOINT_INTERVAL_SECONDS": "0",
         "TUNESMITH_JOB_LEASE_SECONDS": "1",
     }
@@ -153,7 +153,7 @@ def test_a_worker_resumes_from_a_checkpoint_another_worker_uploaded(
     try:
         deadline = time.monotonic() + 120
         while not (
-            len(repo.operation_snapshots(operation_id)) >= 20
+            len(repo.operation_snapshots(operation_id)) >= 10
             and checkpoint in remote_files(artifacts)
         ):
             assert worker_a.poll() is None, (tmp_path / "worker-a.log").read_text()
@@ -179,7 +179,7 @@ def test_a_worker_resumes_from_a_checkpoint_another_worker_uploaded(
     assert Worker(b_settings, repo, Catalog(b_settings)).run_once()
     operation = status_of(repo, "resumed")
     assert operation.status is JobStatus.SUCCEEDED, operation.error
-    assert resumed_at and resumed_at[0] >= 19
+    assert len(resumed_at) == 1 and resumed_at[0] > 0  # from A's checkpoint, not from scratch
     assert [s.step for s in repo.operation_snapshots(operation_id)] == list(range(1, steps + 1))
     assert checkpoint not in remote_files(artifacts)
     assert f"adapters/resumed/{operation_id}/{COMPLETE}" in remote_files(artifacts)
