@@ -227,3 +227,22 @@ def test_the_api_serves_and_deletes_a_model_stored_in_s3(tiny_model_dir, tmp_pat
             assert not artifacts.model_dir(model_id).exists()
     finally:
         server.stop()
+
+
+def test_a_model_deleted_while_its_adapter_uploads_leaves_nothing(
+    tiny, tmp_path, bucket, monkeypatch
+):
+    settings = s3_settings(tmp_path, "worker", bucket)
+    repo = make_repo(settings)
+    artifacts = Artifacts.of(settings)
+    real_publish = Artifacts.publish
+
+    def deleted_meanwhile(self, tuned_model_id: str, operation_id: str) -> bool:
+        artifacts.remove_model(tuned_model_id, repo.delete_tuned_model(tuned_model_id))
+        return real_publish(self, tuned_model_id, operation_id)
+
+    monkeypatch.setattr(Artifacts, "publish", deleted_meanwhile)
+    queue_job(repo, "doomed", epochs=1)
+    Worker(settings, repo, Catalog(settings)).run_once()
+    assert remote_files(artifacts) == []
+    assert not artifacts.model_dir("doomed").exists()
