@@ -1,58 +1,115 @@
 """Where adapters and checkpoints live: the one module that knows the artifact layout.
 
-    {data_dir}/adapters/{tuned_model_id}/{operation_id}/   a tuning operation's adapter
-    {data_dir}/checkpoints/{operation_id}.pt               a running job's resumable state
-                                        (.tmp while it is written)
+    {root}/adapters/{tuned_model_id}/{operation_id}/   a tuning operation's adapter
+    {root}/checkpoints/{operation_id}.pt               a running job's resumable state
+                                                   (.tmp while it is written)
 
-A tuned model's adapters sit in one folder per operation, so a reused tuned model id never
-finds (or is served from a cache of) an older model's adapter. Folders are written under a
-hidden `.partial` name and renamed into place, so a reader sees a whole adapter or none.
+`root` is `TUNESMITH_ARTIFACT_URL`: by default the data dir, or any fsspec URL. A local or
+shared (NFS) directory is used in place, as the data dir is. A tuned model's adapters sit in
+one folder per operation, so a reused tuned model id never finds (or is served from a cache
+of) an older model's adapter. Local folders are written under a hidden `.partial` name and
+renamed into place, so a reader sees a whole adapter or none.
+
+Object storage (`s3://bucket/prefix`, or any other non-local fsspec URL) cannot rename a
+folder, and training and serving need local files. There the data dir's own layout is the
+working copy: a worker trains into its local staging folder, uploads every file of the
+adapter and then `_COMPLETE`, a manifest written last; readers ignore an adapter without it.
+A checkpoint is saved locally, uploaded under a temporary key and moved into place (one
+object, whole or absent), and downloaded by whichever worker resumes the job. A server
+downloads the adapter it serves into its data dir's layout once, and reads it from there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import shutil
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunesmith.config import Settings
+from tunesmith.training.lora import Checkpoint
+
+log = logging.getLogger(__name__)
+
+COMPLETE = "_COMPLETE"  # an uploaded adapter's manifest, written after its files
 
 
 class Artifacts:
-    def __init__(self, data_dir: Path) -> None:
-        self.adapters_root = data_dir / "adapters"
-        self.checkpoints_root = data_dir / "checkpoints"
+    def __init__(
+        self, data_dir: Path, url: str = "", options: dict[str, Any] | None = None
+    ) -> None:
+        self.remote: RemoteStore | None = None
+        root = data_dir
+        if url:
+            from fsspec.core import url_to_fs
+            from fsspec.implementations.local import LocalFileSystem
+
+            fs, path = url_to_fs(url, **(options or {}))
+            if isinstance(fs, LocalFileSystem):
+                root = Path(path)
+            else:
+                self.remote = RemoteStore(fs, path.rstrip("/"))
+        self.adapters_root = root / "adapters"
+        self.checkpoints_root = root / "checkpoints"
 
     @classmethod
     def of(cls, settings: Settings) -> Artifacts:
-        return cls(settings.data_dir)
+        return cls(settings.data_dir, settings.artifact_url, settings.artifact_options)
+
+    # ------------------------------------------------------------ local paths
 
     def model_dir(self, tuned_model_id: str) -> Path:
         return self.adapters_root / tuned_model_id
 
     def adapter(self, tuned_model_id: str, operation_id: str) -> Path:
+        """Where an adapter is read from on this machine (a download, for object storage)."""
         return self.model_dir(tuned_model_id) / operation_id
 
     def staging(self, tuned_model_id: str, operation_id: str) -> Path:
-        """Where an adapter is written before `publish` renames it into place."""
+        """Where an adapter is written before `publish` puts it in place."""
         return self.model_dir(tuned_model_id) / f".{operation_id}.partial"
 
     def checkpoint(self, operation_id: str) -> Path:
         return self.checkpoints_root / f"{operation_id}.pt"
 
-    def remove_checkpoint(self, operation_id: str) -> None:
-        """A job's checkpoint and a half-written one: they hold the adapter and optimizer
-        state, so they are as private as the model."""
-        checkpoint = self.checkpoint(operation_id)
-        for path in (checkpoint, checkpoint.with_suffix(".tmp")):
-            path.unlink(missing_ok=True)
+    # ------------------------------------------------------------ adapters
+
+    def fetch_adapter(self, tuned_model_id: str, operation_id: str) -> Path | None:
+        """A local folder with the whole adapter, downloaded first from object storage;
+        None when the adapter is not (or not completely) stored."""
+        local = self.adapter(tuned_model_id, operation_id)
+        if local.exists():
+            return local
+        if self.remote is None:
+            return None
+        staging = local.parent / f".{operation_id}.{uuid.uuid4().hex}.download"
+        try:
+            if not self.remote.download_adapter(tuned_model_id, operation_id, staging):
+                return None
+            with contextlib.suppress(OSError):  # another request finished the same download
+                os.replace(staging, local)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return local if local.exists() else None
 
     def publish(self, tuned_model_id: str, operation_id: str) -> bool:
-        """Moves a staged adapter into place; False if its model's folder was deleted
-        meanwhile (the model is gone, and nothing is left behind)."""
+        """Puts a staged adapter in place; False if its model's folder was deleted meanwhile
+        (the model is gone, and nothing is left behind)."""
         staging = self.staging(tuned_model_id, operation_id)
+        if self.remote is not None:
+            # A delete meanwhile is found by the worker's next database write, whose clean-up
+            # removes what this upload leaves.
+            self.remote.upload_adapter(staging, tuned_model_id, operation_id)
+            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):  # this machine serves other adapters of it
+                self.model_dir(tuned_model_id).rmdir()
+            return True
         final = self.adapter(tuned_model_id, operation_id)
         shutil.rmtree(final, ignore_errors=True)
         try:
@@ -62,8 +119,38 @@ class Artifacts:
             return False
         return True
 
+    def store(self, folder: Path, tuned_model_id: str, operation_id: str) -> None:
+        """Stores a checked adapter folder (an import) as the operation's adapter."""
+        if self.remote is not None:
+            self.remote.upload_adapter(folder, tuned_model_id, operation_id)
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        final = self.adapter(tuned_model_id, operation_id)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(folder, final)
+
     def discard_staging(self, tuned_model_id: str, operation_id: str) -> None:
         shutil.rmtree(self.staging(tuned_model_id, operation_id), ignore_errors=True)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def resumable(self, operation_id: str) -> Checkpoint:
+        """A job's checkpoint: saved where any worker that resumes the job finds it."""
+        local = self.checkpoint(operation_id)
+        if self.remote is None:
+            return Checkpoint(local)
+        return SharedCheckpoint(local, self.remote, self.remote.checkpoint_key(operation_id))
+
+    def remove_checkpoint(self, operation_id: str) -> None:
+        """A job's checkpoint and a half-written one: they hold the adapter and optimizer
+        state, so they are as private as the model."""
+        checkpoint = self.checkpoint(operation_id)
+        for path in (checkpoint, checkpoint.with_suffix(".tmp")):
+            path.unlink(missing_ok=True)
+        if self.remote is not None:
+            self.remote.remove_file(self.remote.checkpoint_key(operation_id))
+
+    # ------------------------------------------------------------ deletes
 
     def remove_operation(self, tuned_model_id: str, operation_id: str) -> None:
         """An operation's adapter, staged adapter and checkpoint; its model's folder too
@@ -73,9 +160,114 @@ class Artifacts:
         self.remove_checkpoint(operation_id)
         with contextlib.suppress(OSError):  # not empty, or already gone
             self.model_dir(tuned_model_id).rmdir()
+        if self.remote is not None:
+            self.remote.remove_folder(self.remote.adapter_key(tuned_model_id, operation_id))
 
     def remove_model(self, tuned_model_id: str, operation_ids: Iterable[str]) -> None:
         """Every artifact of a deleted tuned model: its adapters and its jobs' checkpoints."""
         shutil.rmtree(self.model_dir(tuned_model_id), ignore_errors=True)
+        if self.remote is not None:
+            self.remote.remove_folder(self.remote.model_key(tuned_model_id))
         for operation_id in operation_ids:
             self.remove_checkpoint(operation_id)
+
+
+class RemoteStore:
+    """The artifact layout on a non-local fsspec file system (object storage)."""
+
+    def __init__(self, fs: Any, root: str) -> None:
+        self.fs, self.root = fs, root
+
+    def model_key(self, tuned_model_id: str) -> str:
+        return f"{self.root}/adapters/{tuned_model_id}"
+
+    def adapter_key(self, tuned_model_id: str, operation_id: str) -> str:
+        return f"{self.model_key(tuned_model_id)}/{operation_id}"
+
+    def checkpoint_key(self, operation_id: str) -> str:
+        return f"{self.root}/checkpoints/{operation_id}.pt"
+
+    def upload_adapter(self, folder: Path, tuned_model_id: str, operation_id: str) -> None:
+        """Uploads every file, then the manifest: a reader sees the whole adapter or none."""
+        key = self.adapter_key(tuned_model_id, operation_id)
+        self.remove_file(f"{key}/{COMPLETE}")  # a retried upload: no reader mixes two
+        files = {name: path.stat().st_size for name, path in _files(folder)}
+        for name, path in _files(folder):
+            self.fs.put_file(str(path), f"{key}/{name}")
+        self.fs.pipe_file(f"{key}/{COMPLETE}", json.dumps({"files": files}).encode())
+        self.fs.invalidate_cache(self.model_key(tuned_model_id))
+
+    def download_adapter(self, tuned_model_id: str, operation_id: str, dest: Path) -> bool:
+        """Downloads a completely uploaded adapter into `dest`; False when there is none."""
+        key = self.adapter_key(tuned_model_id, operation_id)
+        try:
+            manifest = json.loads(self.fs.cat_file(f"{key}/{COMPLETE}"))
+        except FileNotFoundError:
+            return False
+        for name, size in manifest["files"].items():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(f"{key}/{name}", str(target))
+            if target.stat().st_size != size:
+                raise OSError(f"{key}/{name} is {target.stat().st_size} bytes, not {size}")
+        return True
+
+    def upload_file(self, path: Path, key: str) -> None:
+        """One object, moved into place whole after its upload."""
+        temporary = f"{key}.{uuid.uuid4().hex}.tmp"
+        self.fs.put_file(str(path), temporary)
+        self.fs.mv(temporary, key)
+        self.fs.invalidate_cache(key.rsplit("/", 1)[0])
+
+    def download_file(self, key: str, path: Path) -> bool:
+        """False when there is no such object."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.download")
+        try:
+            self.fs.get_file(key, str(temporary))
+            os.replace(temporary, path)
+        except FileNotFoundError:
+            return False
+        finally:
+            temporary.unlink(missing_ok=True)
+        return True
+
+    def remove_folder(self, key: str) -> None:
+        """Everything under `key`; nothing when there is nothing."""
+        self.fs.invalidate_cache(key)
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(key, recursive=True)
+        self.fs.invalidate_cache(key.rsplit("/", 1)[0])
+
+    def remove_file(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(key)
+        self.fs.invalidate_cache(key.rsplit("/", 1)[0])
+
+
+def _files(folder: Path) -> Iterator[tuple[str, Path]]:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            yield path.relative_to(folder).as_posix(), path
+
+
+@dataclass(frozen=True)
+class SharedCheckpoint(Checkpoint):
+    """A checkpoint in object storage: saved locally, then uploaded; restored from the
+    upload, whichever worker wrote it."""
+
+    remote: RemoteStore
+    key: str
+
+    def save(self, model, optimizer, step: int) -> None:
+        super().save(model, optimizer, step)
+        try:
+            self.remote.upload_file(self.path, self.key)
+        except Exception:  # the next save tries again; the job goes on meanwhile
+            log.exception("could not upload the checkpoint of step %d", step)
+
+    def restore(self, model, optimizer) -> int:
+        # The upload is the job's checkpoint; a local file without one is another attempt's.
+        if not self.remote.download_file(self.key, self.path):
+            self.path.unlink(missing_ok=True)
+        return super().restore(model, optimizer)

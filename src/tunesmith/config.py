@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -74,11 +75,23 @@ class Settings(BaseSettings):
     database_url: str = ""  # empty: SQLite file in data_dir
     host: str = "127.0.0.1"
     port: int = 8080
-    workers: int = 1  # worker subprocesses started by `tunesmith serve`
     # A request's headers must arrive within this many seconds of the connection opening
     # (or of the previous response); a request body may not stall for longer than the other.
     http_header_timeout_seconds: float = Field(10.0, gt=0)
     http_body_timeout_seconds: float = Field(30.0, gt=0)
+    workers: int = 1  # training workers `tunesmith serve` starts (Ray actors with executor=ray)
+
+    # Adapters and checkpoints: empty is the data dir; any fsspec URL (a shared directory,
+    # s3://bucket/prefix); options are the file system's, e.g. {"endpoint_url": ...} for S3.
+    artifact_url: str = ""
+    artifact_options: dict[str, Any] = Field(default_factory=dict)
+
+    # Where training runs: "local" worker subprocesses, or "ray": named worker actors on the
+    # Ray cluster at RAY_ADDRESS, each asking Ray for these resources.
+    executor: str = Field("local", pattern="^(local|ray)$")
+    ray_num_cpus: float = 1.0
+    ray_num_gpus: float = 0.0
+    ray_namespace: str = "tunesmith"
 
     default_base_model: str = "models/gemma-3-270m"
     base_model_aliases: dict[str, ModelAlias] = Field(default_factory=_tutorial_aliases)

@@ -3,13 +3,12 @@ an adapter as a tuned model. Archives travel as tar files (gzip too, on import).
 
 from __future__ import annotations
 
-import os
 import shutil
 import tarfile
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -302,17 +301,10 @@ class AdapterService:
 
     def _commit(self, caller: Principal, model: TunedModel, staged: Path) -> None:
         operation_id = names.operation_id()
-        final = self.tuning.artifacts.adapter(model.id, operation_id)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, final)
+        artifacts = self.tuning.artifacts
+        artifacts.store(staged, model.id, operation_id)
         try:
             self.repo.import_tuned_model(model, operation_id, caller.email, self.quota)
         except BaseException:
-            shutil.rmtree(final, ignore_errors=True)
-            _remove_if_empty(final.parent)
+            artifacts.remove_operation(model.id, operation_id)
             raise
-
-
-def _remove_if_empty(folder: Path) -> None:
-    with suppress(OSError):  # another model's adapters live there
-        folder.rmdir()

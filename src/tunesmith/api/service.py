@@ -236,9 +236,10 @@ class TuningService:
         self.artifacts.remove_model(model_id, operation_ids)
 
     def adapter_of(self, model_id: str) -> Path | None:
-        """The adapter a tuned model serves: its last tuning operation's."""
+        """The local folder of the adapter a tuned model serves: its last tuning
+        operation's; None when it is missing."""
         operations = self.repo.list_operations(model_id)
-        return self.artifacts.adapter(model_id, operations[-1].id) if operations else None
+        return self.artifacts.fetch_adapter(model_id, operations[-1].id) if operations else None
 
     # ------------------------------------------------------------ operations
 
@@ -310,7 +311,7 @@ class TuningService:
                 )
             defaults = (model.temperature, model.top_p, model.top_k)
             adapter = self.adapter_of(model.id)
-            if adapter is None or not adapter.exists():
+            if adapter is None:
                 raise ServiceError(
                     Code.FAILED_PRECONDITION, f"The adapter of {model.name} is missing."
                 )

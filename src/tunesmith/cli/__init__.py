@@ -10,7 +10,7 @@ from tunesmith.cli.base_models import base_models_app
 from tunesmith.cli.generate import generate
 from tunesmith.cli.models import models_app
 from tunesmith.cli.operations import operations_app
-from tunesmith.cli.server import serve, worker
+from tunesmith.cli.server import ray_workers, serve, worker
 from tunesmith.cli.tune import tune
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 app.command()(serve)
 app.command()(worker)
+app.command("ray-workers")(ray_workers)
 app.command()(tune)
 app.command()(generate)
 app.command()(export)

@@ -9,11 +9,15 @@ import subprocess
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import typer
 
 from tunesmith.cli.common import configure_logging, local_settings
 from tunesmith.config import Settings
+
+if TYPE_CHECKING:
+    from tunesmith.jobs.ray_executor import RayWorkers
 
 log = logging.getLogger("tunesmith")
 
@@ -94,10 +98,21 @@ class WorkerPool:
                 process.kill()
 
 
+def _executor(settings: Settings) -> WorkerPool | RayWorkers:
+    """Where jobs train: worker subprocesses here, or worker actors on a Ray cluster."""
+    if settings.executor == "ray":
+        from tunesmith.jobs.ray_executor import RayWorkers
+
+        return RayWorkers(settings)
+    return WorkerPool(settings, settings.workers)
+
+
 def serve(
     host: str | None = typer.Option(None, help="Address to listen on [default: 127.0.0.1]"),
     port: int | None = typer.Option(None, help="Port [default: 8080]"),
-    workers: int | None = typer.Option(None, help="Training worker subprocesses [default: 1]"),
+    workers: int | None = typer.Option(
+        None, help="Training workers: subprocesses, or Ray actors [default: 1]"
+    ),
 ) -> None:
     """Serve the API with training workers, using the embedded defaults."""
     import uvicorn
@@ -116,7 +131,7 @@ def serve(
         "owner API key: %s (tunesmith auth print-api-key)",
         application.state.credentials.owner_key_path,
     )
-    pool = WorkerPool(settings, settings.workers)
+    pool = _executor(settings)
     pool.start()
     try:
         # Tunesmith writes the access log itself (no query strings: they may hold keys), and
@@ -151,19 +166,10 @@ def worker(
     supervisor: int = typer.Option(0, help="Exit when this parent process is gone"),
 ) -> None:
     """Run one training worker: claims queued jobs from the database and trains them."""
-    import torch
-
     from tunesmith.jobs.worker import Worker
-    from tunesmith.store.db import make_engine, migrate
-    from tunesmith.store.jobs import JobQueue
-    from tunesmith.training.base_models import Catalog
 
     configure_logging()
-    settings = local_settings()
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    engine = make_engine(settings.sqlalchemy_url)
-    migrate(engine)
+    training = Worker.from_settings(local_settings())
     stop = threading.Event()
 
     def graceful(_signum, _frame) -> None:
@@ -173,4 +179,19 @@ def worker(
     signal.signal(signal.SIGTERM, graceful)
     if supervisor:
         _exit_with(supervisor)
-    Worker(settings, JobQueue(engine), Catalog(settings)).run_forever(stop)
+    training.run_forever(stop)
+
+
+def ray_workers(
+    stop: bool = typer.Option(False, "--stop", help="End every worker actor"),
+) -> None:
+    """List (or --stop) the worker actors that train on Ray with TUNESMITH_EXECUTOR=ray."""
+    from tunesmith.jobs.ray_executor import describe_workers, stop_workers
+
+    settings = local_settings()
+    if stop:
+        for name in stop_workers(settings):
+            typer.echo(f"stopped {name}")
+        return
+    for name, info in describe_workers(settings):
+        typer.echo(f"{name}\t{info}")

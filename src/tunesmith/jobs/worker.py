@@ -33,7 +33,7 @@ from tunesmith.store.jobs import JobQueue, LeaseLost
 from tunesmith.store.retry import is_transient, retry_transient
 from tunesmith.store.rows import utcnow
 from tunesmith.training.base_models import Catalog, LoadedBaseModel, load_base_model
-from tunesmith.training.lora import Checkpoint, StepResult, train_lora
+from tunesmith.training.lora import StepResult, train_lora
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,17 @@ class Worker:
         self.artifacts = Artifacts.of(settings)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._bases: dict[str, LoadedBaseModel] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Worker:
+        """A worker on the settings' database, migrated first (any process may be the first)."""
+        from tunesmith.store.db import make_engine, migrate
+
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        engine = make_engine(settings.sqlalchemy_url)
+        migrate(engine)
+        return cls(settings, JobQueue(engine), Catalog(settings))
 
     def run_forever(self, stop: threading.Event) -> None:
         self.preload_default_base()
@@ -202,6 +213,8 @@ class Worker:
                 raise LeaseLost(job.operation_id)
 
         def on_resume(step: int, tokens: int) -> None:
+            if step:
+                log.info("resuming %s from its checkpoint of step %d", job.operation_id, step)
             retry_transient(
                 lambda: self.repo.rewind(
                     job.operation_id, self.worker_id, step, trained_tokens=tokens
@@ -216,7 +229,7 @@ class Worker:
             job.hyperparameters,
             job.seed,
             staging,
-            Checkpoint(self.artifacts.checkpoint(job.operation_id)),
+            self.artifacts.resumable(job.operation_id),
             on_step=on_step,
             on_resume=on_resume,
             init_adapter=init,
@@ -239,8 +252,8 @@ class Worker:
             operations = self.repo.list_operations(source_id)
             operation_id = operations[-1].id if operations else None
         bound = operation_id and self.repo.get_operation(source_id, operation_id)
-        adapter = self.artifacts.adapter(source_id, operation_id) if operation_id else None
-        if not bound or adapter is None or not adapter.exists():
+        adapter = self.artifacts.fetch_adapter(source_id, operation_id) if bound else None
+        if adapter is None:
             raise JobFailed(
                 Code.FAILED_PRECONDITION,
                 f"Tuning failed: the source tuned model {job.source_tuned_model} was deleted "
