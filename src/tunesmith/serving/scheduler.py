@@ -118,13 +118,19 @@ class Scheduler:
         """Queues a request, or answers 429 RESOURCE_EXHAUSTED if the queue is full."""
         with self._cond:
             waiting = len(self._waiting)
-            if waiting >= self.limits.max_queued_requests:
+            if waiting >= self.limits.max_queued_requests and not self._room_for(request):
                 self._observer.request_rejected(self._name)
                 raise self._busy(waiting)
             self._waiting.append(request)
             self._cond.notify()
         self._observer.request_started(self._name)
         self._observer.queue_length(self._name, waiting + 1)
+
+    def _room_for(self, request: Request) -> bool:
+        """Whether the batch has rows free for the request beyond all that wait (read from
+        another thread: a moment old at worst)."""
+        taken = sum(len(r.active) for r in [*self._running, *self._waiting])
+        return taken + len(request.active) <= self.limits.max_batch_rows
 
     def cancel(self, request: Request) -> None:
         """Forgets a request whose client went away: at once if it waits, else its rows
@@ -214,9 +220,9 @@ class Scheduler:
         gone = [r for r in self._running if r.outbox.closed or r.deadline <= now]
         if not gone:
             return
+        self._keep([r for r in self._running if r not in gone])
         for request in gone:
             self._end(request, None if request.outbox.closed else _deadline_exceeded())
-        self._keep([r for r in self._running if r not in gone])
 
     def _keep(self, still: list[Request], rows: list[int] | None = None) -> None:
         """Makes `still` the running requests, keeping their rows of the KV batch."""
@@ -264,18 +270,17 @@ class Scheduler:
             logits = self._kv.step(self.loaded.model, tokens)
         finally:
             self.adapters.mask = None
-        still, rows, offset = [], [], 0
+        still, ended, rows, offset = [], [], [], 0
         for request in running:
             count = len(request.active)
             drawn = next_tokens(logits[offset : offset + count], request.params, request.generator)
             keep = self._advance(request, drawn)
             rows.extend(offset + k for k in keep)
             offset += count
-            if keep:
-                still.append(request)
-            else:
-                self._end(request, None)
+            (still if keep else ended).append(request)
         self._keep(still, rows)
+        for request in ended:
+            self._end(request, None)
 
     def _advance(self, request: Request, tokens: torch.Tensor) -> list[int]:
         """Gives each active candidate its new token and sends the new text; the rows (of the
@@ -316,6 +321,7 @@ class Scheduler:
         self.adapters.release(request.slot)
         request.slot = NO_ADAPTER
         now = time.monotonic()
+        outcome = _outcome(request, error)  # before the outbox ends: its reader may close it
         if error is None:
             request.outbox.end()
         else:
@@ -323,9 +329,7 @@ class Scheduler:
         if request.started:
             took = now - request.started
             self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * took
-        self._observer.request_finished(
-            self._name, now - request.submitted, _outcome(request, error)
-        )
+        self._observer.request_finished(self._name, now - request.submitted, outcome)
 
 
 def _outcome(request: Request, error: Exception | None) -> str:
