@@ -24,9 +24,10 @@ import torch
 
 from tunesmith.domain.errors import Code, ServiceError
 from tunesmith.serving.batch import KVBatch, prefill
+from tunesmith.serving.batch_sampling import RowGroup, draw_rows
 from tunesmith.serving.lora import NO_ADAPTER, AdapterBank, AdapterError, AdapterWeights
 from tunesmith.serving.outbox import Outbox, StreamChunk
-from tunesmith.serving.sampling import SamplingParams, next_tokens
+from tunesmith.serving.sampling import SamplingParams
 from tunesmith.serving.text import CandidateText
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,8 @@ class Scheduler:
             logits, kv = prefill(model, request.prompt, len(request.active))
         finally:
             self.adapters.mask = None
-        keep = self._advance(request, next_tokens(logits, request.params, request.generator))
+        group = RowGroup(0, len(request.active), request.params, request.generator)
+        keep = self._advance(request, draw_rows(logits, [group]))
         if not keep:
             self._end(request, None)
             return
@@ -270,26 +272,27 @@ class Scheduler:
             logits = self._kv.step(self.loaded.model, tokens)
         finally:
             self.adapters.mask = None
-        still, ended, rows, offset = [], [], [], 0
+        groups, offset = [], 0
         for request in running:
-            count = len(request.active)
-            drawn = next_tokens(logits[offset : offset + count], request.params, request.generator)
-            keep = self._advance(request, drawn)
-            rows.extend(offset + k for k in keep)
-            offset += count
+            groups.append(RowGroup(offset, len(request.active), request.params, request.generator))
+            offset += len(request.active)
+        drawn = draw_rows(logits, groups)
+        still, ended, rows = [], [], []
+        for request, group in zip(running, groups, strict=True):
+            keep = self._advance(request, drawn[group.rows])
+            rows.extend(group.start + k for k in keep)
             (still if keep else ended).append(request)
         self._keep(still, rows)
         for request in ended:
             self._end(request, None)
 
-    def _advance(self, request: Request, tokens: torch.Tensor) -> list[int]:
+    def _advance(self, request: Request, drawn: list[int]) -> list[int]:
         """Gives each active candidate its new token and sends the new text; the rows (of the
         request's active ones) still generating afterwards."""
         params = request.params
         chunk = StreamChunk(
             [""] * params.candidate_count, [None] * params.candidate_count, len(request.prompt)
         )
-        drawn = tokens.tolist()
         keep = []
         for row, index in enumerate(request.active):
             delta, done = request.texts[index].take(
