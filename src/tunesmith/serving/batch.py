@@ -34,7 +34,8 @@ class KVBatch:
         return self.mask.shape[1]
 
     def select(self, rows: list[int]) -> None:
-        """Keeps only `rows` (in that order), then drops padding no row needs any more."""
+        """Keeps only `rows` (in that order, a row repeated to copy it), then drops padding
+        no row needs any more."""
         index = torch.tensor(rows, device=self.mask.device)
         self.mask = self.mask[index]
         self.positions = self.positions[index]
@@ -73,17 +74,16 @@ class KVBatch:
 
 
 @torch.inference_mode()
-def prefill(model, prompt: list[int], copies: int) -> tuple[torch.Tensor, KVBatch]:
-    """Runs a prompt once; its last logits for `copies` rows (candidates), and a batch of
-    that many rows holding its KV cache."""
-    ids = torch.tensor([prompt], device=model.device)
+def prefill(model, prompts: list[list[int]]) -> tuple[torch.Tensor, KVBatch]:
+    """Runs prompts of one length together; their last logits (one row each), and a batch
+    of one row each holding their KV caches."""
+    ids = torch.tensor(prompts, device=model.device)
     cache = DynamicCache()
     out = model.get_decoder()(input_ids=ids, past_key_values=cache, use_cache=True)
-    logits = last_logits(model, out.last_hidden_state)
-    cache.batch_repeat_interleave(copies)
-    mask = torch.ones(copies, len(prompt), dtype=torch.bool, device=model.device)
-    positions = torch.full((copies,), len(prompt), dtype=torch.long, device=model.device)
-    return logits.expand(copies, -1), KVBatch(cache, mask, positions)
+    rows, length = ids.shape
+    mask = torch.ones(rows, length, dtype=torch.bool, device=model.device)
+    positions = torch.full((rows,), length, dtype=torch.long, device=model.device)
+    return last_logits(model, out.last_hidden_state), KVBatch(cache, mask, positions)
 
 
 def last_logits(model, hidden: torch.Tensor) -> torch.Tensor:

@@ -159,8 +159,8 @@ class Scheduler:
             admitted = self._admit()
             try:
                 self._drop_gone()
-                for request in admitted:
-                    self._start(request)
+                for same_length in _by_prompt_length(admitted):
+                    self._start(same_length)
                 if self._running:
                     self._step()
             except Exception as error:  # a failed pass fails its requests, not the server
@@ -239,27 +239,43 @@ class Scheduler:
             self._kv.select(rows)
         self._running = still
 
-    def _start(self, request: Request) -> None:
-        """Prefills a request and samples its first tokens; its rows join the batch."""
-        request.started = time.monotonic()
-        model = self.loaded.model
-        self.adapters.mask = self.adapters.row_mask([request.slot])
+    def _start(self, requests: list[Request]) -> None:
+        """Prefills requests whose prompts have one length together, samples their first
+        tokens, and joins the rows still generating to the batch."""
+        started = time.monotonic()
+        for request in requests:
+            request.started = started
+        self.adapters.mask = self.adapters.row_mask([r.slot for r in requests])
         try:
-            logits, kv = prefill(model, request.prompt, len(request.active))
+            logits, kv = prefill(self.loaded.model, [r.prompt for r in requests])
         finally:
             self.adapters.mask = None
-        group = RowGroup(0, len(request.active), request.params, request.generator)
-        keep = self._advance(request, draw_rows(logits, [group]))
-        if not keep:
+        copies = [i for i, r in enumerate(requests) for _ in r.active]  # a row per candidate
+        logits = logits[copies]
+        groups, rows, still, ended = self._groups(requests), [], [], []
+        drawn = draw_rows(logits, groups)
+        for request, group in zip(requests, groups, strict=True):
+            keep = self._advance(request, drawn[group.rows])
+            rows.extend(copies[group.start + k] for k in keep)
+            (still if keep else ended).append(request)
+        if still:
+            kv.select(rows)
+            if self._kv is None:
+                self._kv = kv
+            else:
+                self._kv.join(kv)
+            self._running.extend(still)
+        for request in ended:
             self._end(request, None)
-            return
-        if len(keep) < kv.rows:
-            kv.select(keep)
-        if self._kv is None:
-            self._kv = kv
-        else:
-            self._kv.join(kv)
-        self._running.append(request)
+
+    @staticmethod
+    def _groups(requests: list[Request]) -> list[RowGroup]:
+        """Each request's consecutive rows, in order."""
+        groups, offset = [], 0
+        for request in requests:
+            groups.append(RowGroup(offset, len(request.active), request.params, request.generator))
+            offset += len(request.active)
+        return groups
 
     def _step(self) -> None:
         """One forward pass for every running row, then each request samples its rows."""
@@ -272,10 +288,7 @@ class Scheduler:
             logits = self._kv.step(self.loaded.model, tokens)
         finally:
             self.adapters.mask = None
-        groups, offset = [], 0
-        for request in running:
-            groups.append(RowGroup(offset, len(request.active), request.params, request.generator))
-            offset += len(request.active)
+        groups = self._groups(running)
         drawn = draw_rows(logits, groups)
         still, ended, rows = [], [], []
         for request, group in zip(running, groups, strict=True):
@@ -333,6 +346,15 @@ class Scheduler:
             took = now - request.started
             self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * took
         self._observer.request_finished(self._name, now - request.submitted, outcome)
+
+
+def _by_prompt_length(requests: list[Request]) -> list[list[Request]]:
+    """Requests grouped by prompt length, in order of arrival: each group prefills as one
+    batch without padding."""
+    groups: dict[int, list[Request]] = {}
+    for request in requests:
+        groups.setdefault(len(request.prompt), []).append(request)
+    return list(groups.values())
 
 
 def _outcome(request: Request, error: Exception | None) -> str:
