@@ -3,10 +3,13 @@ adapters and sampling parameters decoded together give what each gives alone."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine_support import RecordingObserver, save_random_adapter, serial_generate, tiny_spec
 from tunesmith.domain.errors import Code, ServiceError
@@ -177,7 +180,7 @@ def test_too_many_candidates_for_the_batch_is_a_400(spec, cache_root):
         engine.stream(spec, None, TURNS, params(GREEDY, candidate_count=3))
 
     assert refused.value.code == Code.INVALID_ARGUMENT
-    assert "candidateCount" in refused.value.message
+    assert refused.value.violations[0].field == "generationConfig.candidateCount"
 
 
 def test_a_passed_deadline_stops_the_request(spec, cache_root):
@@ -207,3 +210,38 @@ def test_adapters_in_use_are_never_evicted(spec, cache_root, adapters, reference
     assert outputs == [serial_generate(reference, a, turns, p) for a, turns, p in requests]
     assert observer.loads >= 3
     assert observer.loads - observer.evictions <= 2
+
+
+def test_serving_an_adapter_never_changes_the_base_weights(spec, cache_root, adapters, tmp_path):
+    """Even one whose config asks peft to rewrite the base on load (PiSSA): serving reads
+    only its A and B matrices."""
+    pissa = tmp_path / "pissa"
+    shutil.copytree(adapters[0], pissa)
+    config = json.loads((pissa / "adapter_config.json").read_text())
+    (pissa / "adapter_config.json").write_text(json.dumps({**config, "init_lora_weights": "pissa"}))
+    loaded = []
+    engine = Engine(lambda s: loaded.append(load_base_model(s, cache_root, "float32")) or loaded[0])
+    before = engine.generate(spec, None, TURNS, GREEDY)
+    weights = {k: v.clone() for k, v in loaded[0].model.state_dict().items()}
+
+    engine.generate(spec, pissa, TURNS, GREEDY)
+
+    assert engine.generate(spec, None, TURNS, GREEDY) == before
+    after = loaded[0].model.state_dict()
+    assert all(torch.equal(weights[k], after[k]) for k in weights)
+
+
+def test_an_adapter_the_engine_cannot_serve_is_a_failed_precondition(
+    spec, cache_root, adapters, tmp_path
+):
+    dora = tmp_path / "dora"
+    shutil.copytree(adapters[0], dora)
+    config = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    engine = float32_engine(cache_root)
+
+    with pytest.raises(ServiceError) as refused:
+        engine.generate(spec, dora, TURNS, GREEDY)
+
+    assert refused.value.code == Code.FAILED_PRECONDITION
+    assert "DoRA" in refused.value.message

@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.domain.errors import Code, ServiceError
+from tunesmith.domain.errors import Code, FieldViolation, ServiceError, invalid
 from tunesmith.domain.resources import Turn
 from tunesmith.serving.lora import AdapterError, AdapterWeights, adapter_key, read_adapter
 from tunesmith.serving.outbox import GenerationStream, Outbox, StreamChunk
@@ -137,10 +137,16 @@ class Engine:
         if params.max_output_tokens < 1:
             raise ValueError("max_output_tokens must be at least 1")
         if params.candidate_count > self.limits.max_batch_rows:
-            raise ServiceError(
-                Code.INVALID_ARGUMENT,
-                f"candidateCount must be at most {self.limits.max_batch_rows} on this server "
-                "(TUNESMITH_SERVING_MAX_BATCH_ROWS).",
+            field = "generationConfig.candidateCount"
+            most = self.limits.max_batch_rows
+            raise invalid(
+                [
+                    FieldViolation(
+                        field,
+                        f"{field} must be at most {most} on this server "
+                        "(TUNESMITH_SERVING_MAX_BATCH_ROWS)",
+                    )
+                ]
             )
 
     def _deadline(self) -> float:

@@ -26,9 +26,21 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from tunesmith.training.export import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORA_KEY, UNSUPPORTED_OPTIONS
-
 NO_ADAPTER = 0  # the slot of rows that use the base model alone
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+LORA_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<matrix>[AB])\.weight")
+PEFT_DEFAULT_RANK = PEFT_DEFAULT_ALPHA = 8  # LoraConfig's, for configs that leave them out
+# Options that change the computation beyond `B (A x) * scale` on linear layers.
+UNSERVABLE_OPTIONS = {
+    "use_dora": "DoRA adapters",
+    "lora_bias": "adapters with LoRA biases",
+    "modules_to_save": "adapters that also save whole modules (modules_to_save)",
+    "trainable_token_indices": "adapters that train token embeddings",
+    "target_parameters": "adapters on parameters rather than modules",
+    "layer_replication": "adapters that replicate layers",
+    "fan_in_fan_out": "adapters with transposed (fan_in_fan_out) weights",
+}
 
 
 class AdapterError(ValueError):
@@ -59,7 +71,7 @@ def read_adapter(folder: Path) -> AdapterWeights:
         tensors = load_file(folder / ADAPTER_WEIGHTS)
     except (OSError, ValueError) as error:
         raise AdapterError(f"the adapter in {folder.name} cannot be read: {error}") from None
-    for option, what in UNSUPPORTED_OPTIONS.items():
+    for option, what in UNSERVABLE_OPTIONS.items():
         if config.get(option):
             raise AdapterError(f"{what} cannot be served")
     pairs: dict[str, dict[str, torch.Tensor]] = {}
@@ -77,8 +89,12 @@ def _scaled(config: dict, module: str, pair: dict[str, torch.Tensor]):
     if set(pair) != {"A", "B"}:
         raise AdapterError(f"{module!r} needs both lora_A and lora_B weights")
     a, b = pair["A"].float(), pair["B"].float()
-    rank = _pattern_value(config.get("rank_pattern") or {}, module, config.get("r"))
-    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha"))
+    rank = _pattern_value(
+        config.get("rank_pattern") or {}, module, config.get("r", PEFT_DEFAULT_RANK)
+    )
+    alpha = _pattern_value(
+        config.get("alpha_pattern") or {}, module, config.get("lora_alpha", PEFT_DEFAULT_ALPHA)
+    )
     if rank != a.shape[0] or a.dim() != 2 or b.shape[1:] != a.shape[:1]:
         raise AdapterError(f"{module!r}: weights of rank {a.shape[0]}, config rank {rank}")
     if not isinstance(alpha, int | float) or not math.isfinite(alpha):
