@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = 1.0
     checkpoint_interval_seconds: float = 10.0
     adapter_cache_size: int = 8
+    # Continuous batching, per base model: rows (candidates) decoded together, requests
+    # waiting beyond them (more: 429), and the longest a generation may queue and run.
+    serving_max_batch_rows: int = Field(32, ge=1)
+    serving_max_queued_requests: int = Field(64, ge=0)
+    serving_request_timeout_seconds: float = Field(600.0, gt=0)
     default_max_output_tokens: int = 1024  # when a request sets no maxOutputTokens
     torch_threads: int = 0  # 0: torch's own default
     access_token_ttl_seconds: int = 3600

@@ -8,18 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
 
+from engine_support import RecordingObserver, save_random_adapter, tiny_spec
 from tunesmith.domain.resources import Turn
-from tunesmith.serving.engine import Engine, Generation, _CandidateText
+from tunesmith.serving.engine import Engine, Generation
 from tunesmith.serving.sampling import SamplingParams
-from tunesmith.training.base_models import (
-    BaseModelSpec,
-    LoadedBaseModel,
-    Source,
-    load_base_model,
-)
+from tunesmith.serving.text import CandidateText
+from tunesmith.training.base_models import BaseModelSpec, LoadedBaseModel, load_base_model
 from tunesmith.training.prompt import PromptCodec
 
 TURNS = [Turn("user", "Write a haiku about the sea.")]
@@ -52,20 +47,7 @@ class CountingLoader:
 
 @pytest.fixture(scope="module")
 def spec(tiny_model_dir: Path) -> BaseModelSpec:
-    """The tiny random Llama that conftest builds with tests/tiny_model.py."""
-    return BaseModelSpec(
-        name="models/tiny-llama",
-        display_name="Tiny Llama",
-        description="A random 2-layer Llama for tests.",
-        version="001",
-        license="Apache-2.0",
-        context_length=2048,
-        output_token_limit=512,
-        temperature=1.0,
-        top_p=0.95,
-        top_k=64,
-        locate=lambda _scratch: Source(tiny_model_dir),
-    )
+    return tiny_spec(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -97,16 +79,6 @@ def adapters(spec, cache_root, tmp_path_factory) -> list[Path]:
     return [
         save_random_adapter(spec, cache_root, folder / f"adapter-{seed}", seed) for seed in (1, 2)
     ]
-
-
-def save_random_adapter(spec: BaseModelSpec, cache_root: Path, dest: Path, seed: int) -> Path:
-    model = AutoModelForCausalLM.from_pretrained(spec.locate(cache_root).folder)
-    torch.manual_seed(seed)
-    config = LoraConfig(
-        r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False
-    )
-    get_peft_model(model, config).save_pretrained(dest)
-    return dest
 
 
 def texts(generation: Generation) -> list[str]:
@@ -212,7 +184,7 @@ def test_stream_deltas_join_to_the_generated_text(engine, spec, params):
 def test_multi_byte_characters_stream_whole(reference):
     text = "Grüße 😀 日本語, done"
     ids = reference.tokenizer(text, add_special_tokens=False)["input_ids"]
-    candidate = _CandidateText(reference.tokenizer, ("語, x",))
+    candidate = CandidateText(reference.tokenizer, ("語, x",))
 
     deltas = [candidate.take(token, set(), cap=len(ids))[0] for token in ids]
 
@@ -239,15 +211,16 @@ def test_adapter_changes_output_and_base_stays_plain(engine, spec, adapters):
 
 
 def test_adapter_lru_evicts_and_reloads(spec, cache_root, adapters):
-    loader = CountingLoader(cache_root)
-    engine = Engine(loader, adapter_cache_size=1)
+    loader, observer = CountingLoader(cache_root), RecordingObserver()
+    engine = Engine(loader, adapter_cache_size=1, observer=observer)
 
     first = engine.generate(spec, adapters[0], TURNS, GREEDY)
     second = engine.generate(spec, adapters[1], TURNS, GREEDY)
 
     assert texts(first) != texts(second)
-    assert loaded_adapter_count(loader.loaded[0]) == 1
+    assert (observer.loads, observer.evictions) == (2, 1)
     assert engine.generate(spec, adapters[0], TURNS, GREEDY) == first
+    assert (observer.loads, observer.evictions) == (3, 2)
     assert loader.calls == 1
 
 
@@ -259,8 +232,3 @@ def test_concurrent_requests_match_sequential_ones(engine, spec, adapters):
         concurrent = list(pool.map(lambda a: engine.generate(spec, a, TURNS, GREEDY), requests))
 
     assert concurrent == sequential
-
-
-def loaded_adapter_count(loaded: LoadedBaseModel) -> int:
-    lora_layers = [m for m in loaded.model.modules() if hasattr(m, "lora_A")]
-    return len(lora_layers[0].lora_A)

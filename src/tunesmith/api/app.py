@@ -28,6 +28,7 @@ from tunesmith.domain.quotas import RateLimiter
 from tunesmith.observability.generation import MeasuredEngine
 from tunesmith.observability.http import RequestObserver
 from tunesmith.observability.metrics import Metrics
+from tunesmith.serving.engine import ServingLimits
 from tunesmith.store.db import make_engine, migrate
 from tunesmith.store.repository import Repository
 from tunesmith.training.base_models import Catalog, load_base_model
@@ -50,6 +51,11 @@ def create_app(settings: Settings) -> FastAPI:
         lambda spec: load_base_model(spec, settings.base_model_cache_dir),
         settings.adapter_cache_size,
         metrics.generation,
+        ServingLimits(
+            settings.serving_max_batch_rows,
+            settings.serving_max_queued_requests,
+            settings.serving_request_timeout_seconds,
+        ),
     )
 
     @asynccontextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +36,7 @@ from tunesmith.domain.validation import (
     Violations,
     check_generation,
 )
-from tunesmith.serving.engine import Engine, Generation, SamplingParams, StreamChunk
+from tunesmith.serving.engine import Engine, GenerationStream, SamplingParams
 from tunesmith.store.repository import Repository
 from tunesmith.training.base_models import Catalog, CatalogEntry
 
@@ -348,15 +347,10 @@ class TuningService:
                 ]
             )
 
-    def generate(
-        self, caller: Principal, model_id: str | None, base_id: str | None, request: GenerateRequest
-    ) -> Generation:
-        spec, adapter, params = self._plan(caller, model_id, base_id, request)
-        return self.engine.generate(spec, adapter, request.turns, params)
-
     def stream(
         self, caller: Principal, model_id: str | None, base_id: str | None, request: GenerateRequest
-    ) -> Iterator[StreamChunk]:
+    ) -> GenerationStream:
+        """A queued generation; the caller reads it, and closes it if its client leaves."""
         spec, adapter, params = self._plan(caller, model_id, base_id, request)
         return self.engine.stream(spec, adapter, request.turns, params)
 

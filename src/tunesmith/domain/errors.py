@@ -11,6 +11,7 @@ class Code(Enum):
 
     CANCELLED = (1, 499)
     INVALID_ARGUMENT = (3, 400)
+    DEADLINE_EXCEEDED = (4, 504)
     NOT_FOUND = (5, 404)
     ALREADY_EXISTS = (6, 409)
     PERMISSION_DENIED = (7, 403)

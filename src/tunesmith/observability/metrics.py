@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 GENERATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+INTER_TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5)
+BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MODEL_STATES = [s for s in TunedModelState if s != TunedModelState.STATE_UNSPECIFIED]
 _STORE_UP_HELP = "1 if the database answered this scrape's queries, else 0."
 
@@ -75,6 +77,51 @@ class GenerationMetrics:
             "Time from a generation's start to its first chunk of text.",
             ["base_model"],
             buckets=FIRST_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.inter_token = Histogram(
+            "tunesmith_generation_inter_token_seconds",
+            "Time between a generation's consecutive decoding steps.",
+            ["base_model"],
+            buckets=INTER_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.finished = Counter(
+            "tunesmith_generations_finished",
+            'Generations ended: outcome="done", "cancelled" (the client went away), '
+            '"deadline" or "error".',
+            ["base_model", "outcome"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "tunesmith_generation_rejected",
+            "Generations refused with 429 because the base model's queue was full.",
+            ["base_model"],
+            registry=registry,
+        )
+        self.queue_length = Gauge(
+            "tunesmith_generation_queue_length",
+            "Generations waiting for a place in the base model's batch.",
+            ["base_model"],
+            registry=registry,
+        )
+        self.batch_rows = Histogram(
+            "tunesmith_generation_batch_rows",
+            "Rows (candidates) decoded together, per decoding step.",
+            ["base_model"],
+            buckets=BATCH_ROWS_BUCKETS,
+            registry=registry,
+        )
+        self.adapter_loads = Counter(
+            "tunesmith_generation_adapter_loads",
+            "Adapters loaded into a served base model.",
+            ["base_model"],
+            registry=registry,
+        )
+        self.adapter_evictions = Counter(
+            "tunesmith_generation_adapter_evictions",
+            "Adapters evicted from a served base model (least recently used, unused).",
+            ["base_model"],
             registry=registry,
         )
 

@@ -31,21 +31,6 @@ def building_models() -> Iterator[None]:
         yield
 
 
-def attach_adapter(peft, base_model, folder: Path, name: str):
-    """Loads a stored adapter into `peft` under `name` (wrapping `base_model` when `peft` is
-    None) and returns the PeftModel. The stored config is checked again first: an adapter
-    config that rewrites base weights when loaded (PiSSA, OLoRA, ...) is never loaded, even
-    one stored before imports were checked."""
-    from peft import PeftModel
-
-    check_stored_config(folder)
-    with building_models():
-        if peft is None:
-            return PeftModel.from_pretrained(base_model, folder, adapter_name=name)
-        peft.load_adapter(folder, adapter_name=name)
-        return peft
-
-
 def check_stored_config(folder: Path) -> None:
     """InvalidAdapter unless the adapter's stored config passes the import allow-list."""
     allowed_config(parse_config((folder / ADAPTER_CONFIG).read_bytes()))

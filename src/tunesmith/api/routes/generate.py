@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
@@ -16,69 +20,125 @@ from tunesmith.api.openapi import operation
 from tunesmith.api.responses import dumps, json_response
 from tunesmith.api.routes.common import body, pretty
 from tunesmith.api.routes.tuned_models import service
-from tunesmith.domain.errors import Code, ServiceError
-from tunesmith.serving.engine import StreamChunk
+from tunesmith.domain.errors import Code, FieldViolation, ServiceError, invalid
+from tunesmith.serving.engine import GenerationCollector, GenerationStream, request_deadline
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 GENERATE_BODY = operation("GenerateContentRequest")
+SERVER_TIMEOUT = "X-Server-Timeout"
 
 
 async def _generate(
     request: Request, caller: Principal, model_id: str | None, base_id: str | None
 ) -> Response:
-    command = wire.decode_generate(await body(request))
-    # Inference runs in a thread so the event loop keeps serving other requests.
-    generation = await run_in_threadpool(
-        service(request).generate, caller, model_id, base_id, command
-    )
+    chunks = await _start(request, caller, model_id, base_id)
+    collector = GenerationCollector(chunks)
+    async with _closed_on_disconnect(request, chunks) as gone:
+        async for chunk in chunks:
+            collector.add(chunk)
+    if gone.is_set():
+        raise ServiceError(Code.CANCELLED, "The client closed the request.")
     version = f"tunedModels/{model_id}" if model_id else f"models/{base_id}"
+    generation = collector.generation()
     return json_response(wire.generation_json(generation, version), pretty=pretty(request))
 
 
 async def _stream(
     request: Request, caller: Principal, model_id: str | None, base_id: str | None
 ) -> Response:
-    command = wire.decode_generate(await body(request))
-    chunks = await run_in_threadpool(service(request).stream, caller, model_id, base_id, command)
+    chunks = await _start(request, caller, model_id, base_id)
     version = f"tunedModels/{model_id}" if model_id else f"models/{base_id}"
-    documents = _documents(chunks, version)
+    documents = _documents(request, chunks, version)
     if request.query_params.get("alt") == "sse":
         return StreamingResponse(_sse(documents), media_type="text/event-stream")
     return StreamingResponse(_json_array(documents), media_type="application/json")
 
 
-def _documents(chunks: Iterator[StreamChunk], version: str) -> Iterator[dict]:
+async def _start(
+    request: Request, caller: Principal, model_id: str | None, base_id: str | None
+) -> GenerationStream:
+    """Queues the generation (429 if its model's queue is full) and returns its stream at
+    once: the engine's thread generates, this event loop only reads."""
+    command = wire.decode_generate(await body(request))
+    timeout = _server_timeout(request)
+    if timeout is not None:
+        request_deadline.set(time.monotonic() + timeout)  # this request's context only
+    return await run_in_threadpool(service(request).stream, caller, model_id, base_id, command)
+
+
+def _server_timeout(request: Request) -> float | None:
+    """Seconds from the X-Server-Timeout header (google-genai sends its timeout there)."""
+    raw = request.headers.get(SERVER_TIMEOUT)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise invalid(
+            [
+                FieldViolation(
+                    SERVER_TIMEOUT, f"{SERVER_TIMEOUT} must be a positive number of seconds"
+                )
+            ]
+        )
+    return seconds
+
+
+@asynccontextmanager
+async def _closed_on_disconnect(
+    request: Request, chunks: GenerationStream
+) -> AsyncIterator[asyncio.Event]:
+    """Closes the stream as soon as the client disconnects (its rows then leave the batch
+    at the next step), and in any case on leaving; the event tells whether it did."""
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+        chunks.close()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield gone
+    finally:
+        watcher.cancel()
+        chunks.close()
+
+
+async def _documents(
+    request: Request, chunks: GenerationStream, version: str
+) -> AsyncIterator[dict]:
     """Response documents; an error after the stream began becomes a last `error` one."""
     finished: dict[int, int] = {}  # candidate index -> tokens sampled
-    try:
-        for chunk in chunks:
-            for index, candidate in enumerate(chunk.finished):
-                if candidate is not None:
-                    finished[index] = candidate.token_count
-            done = len(finished) == len(chunk.finished)
-            yield wire.stream_chunk_json(chunk, version, sum(finished.values()) if done else None)
-    except ServiceError as error:
-        yield status_body(error)
-    except Exception:
-        log.exception("generation failed mid-stream")
-        yield status_body(ServiceError(Code.INTERNAL, "Internal error encountered."))
-    finally:
-        # A client that disconnects closes this generator; free the model at once.
-        close = getattr(chunks, "close", None)
-        if close:
-            close()
+    async with _closed_on_disconnect(request, chunks):
+        try:
+            async for chunk in chunks:
+                for index, candidate in enumerate(chunk.finished):
+                    if candidate is not None:
+                        finished[index] = candidate.token_count
+                done = len(finished) == len(chunk.finished)
+                total = sum(finished.values()) if done else None
+                yield wire.stream_chunk_json(chunk, version, total)
+        except ServiceError as error:
+            yield status_body(error)
+        except Exception:
+            log.exception("generation failed mid-stream")
+            yield status_body(ServiceError(Code.INTERNAL, "Internal error encountered."))
 
 
-def _sse(documents: Iterator[dict]) -> Iterator[str]:
-    for document in documents:
+async def _sse(documents: AsyncIterator[dict]) -> AsyncIterator[str]:
+    async for document in documents:
         yield f"data: {dumps(document, pretty=False)}\r\n\r\n"
 
 
-def _json_array(documents: Iterator[dict]) -> Iterator[str]:
+async def _json_array(documents: AsyncIterator[dict]) -> AsyncIterator[str]:
     # google-api-core requires the very first byte to be '['.
     separator = "["
-    for document in documents:
+    async for document in documents:
         yield separator + dumps(document)
         separator = ",\n"
     yield "[]" if separator == "[" else "]"
