@@ -23,8 +23,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from schemathesis import GenerationMode
 
 from conftest import TINY, LiveServer, tiny_env
+from tunesmith.api import wire
 
 RPC_STATUS = {
     "INVALID_ARGUMENT": 400,
@@ -176,6 +178,70 @@ def operations(schema):
     return [result.ok() for result in schema.get_all_operations()]
 
 
+HOSTILE_SHARE = 0.3  # of the authenticated cases, those with one value made hostile
+HOSTILE_VALUES = [
+    2**31,
+    -(2**31) - 1,
+    2**63,
+    -(2**63) - 1,
+    10**30,
+    str(2**64),
+    1e308,
+    -0.0,
+    "\ud800",
+    "a\udfffb",
+    "\u202e\x00",
+    "x" * 100_000,
+]
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def make_hostile(case, rnd: random.Random) -> None:
+    """Puts one value the schema's own generator never tries (proto range edges, lone
+    surrogates, a long string, nesting past the limit) into a body field or a query
+    parameter."""
+    if rnd.random() >= HOSTILE_SHARE:
+        return
+    value = rnd.choice([*HOSTILE_VALUES, nested(wire.MAX_DEPTH + 10)])
+    slots = _slots(case.body) if isinstance(case.body, dict) else []
+    if slots:
+        container, key = rnd.choice(slots)
+        container[key] = value
+    elif case.query:  # a URL holds no lone surrogate: the client cannot encode one
+        text = str(value)[:1000].encode("utf-8", "replace").decode("utf-8")
+        case.query[rnd.choice(sorted(case.query))] = text
+
+
+def _slots(body: dict) -> list[tuple[dict | list, str | int]]:
+    """Every place in a JSON body a value sits, at any depth."""
+    found: list[tuple[dict | list, str | int]] = []
+    stack: list[dict | list] = [body]
+    while stack:
+        container = stack.pop()
+        keys = container.keys() if isinstance(container, dict) else range(len(container))
+        for key in keys:
+            found.append((container, key))
+            if isinstance(container[key], dict | list):
+                stack.append(container[key])
+    return found
+
+
+def cases(operation) -> st.SearchStrategy:
+    """Requests that fit the schema and requests that break it (out-of-range integers,
+    wrong types, missing fields), half and half where the operation has anything to break."""
+    positive = operation.as_strategy(GenerationMode.POSITIVE)
+    try:
+        return st.one_of(positive, operation.as_strategy(GenerationMode.NEGATIVE))
+    except Exception:  # nothing in the operation can be made invalid
+        return positive
+
+
 def examples_per_operation(credentials: str, count: int) -> int:
     if credentials == "api-key" and AUTHENTICATED_CASES:
         return max(EXAMPLES_PER_OPERATION, math.ceil(AUTHENTICATED_CASES / count))
@@ -210,10 +276,11 @@ def test_no_server_errors_and_every_error_is_a_google_rpc_status(
             phases=[Phase.explicit, Phase.generate],
             suppress_health_check=list(HealthCheck),
         )
-        @given(case=operation.as_strategy(), rnd=st.randoms(use_true_random=False))
+        @given(case=cases(operation), rnd=st.randoms(use_true_random=False))
         def run(case, rnd) -> None:
             if credentials == "api-key":
                 real_ids.fill(case, rnd)
+                make_hostile(case, rnd)
             keep_generation_short(case)
             response = case.call(base_url=server.url, headers=headers, timeout=60)
             CASES_RUN[credentials][response.status_code] += 1
