@@ -28,7 +28,7 @@ def test_top_k_at_or_past_the_vocabulary_keeps_every_token(k):
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.5])
-@pytest.mark.parametrize("temperature", [1e-45, 1e-300, 5e-324])
+@pytest.mark.parametrize("temperature", [1e-20, 1e-30, 1e-45, 1e-300, 5e-324])
 def test_a_tiny_temperature_is_greedy_not_a_crash(temperature, top_p):
     logits = torch.tensor([[0.1, 30.0, 29.0, -5.0], [50.0, 0.0, 49.9, 1.0]])
     assert draw(logits, temperature=temperature, top_p=top_p) == [1, 0]

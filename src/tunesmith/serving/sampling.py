@@ -73,12 +73,18 @@ def _finite(logits: torch.Tensor) -> torch.Tensor:
 
 def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Logits over the temperature, each row shifted so that its largest is 0 (softmax,
-    top-k and top-p do not change under the shift). Every row keeps at least one finite
-    logit however small the temperature: the division is in float64, and 0 / t is 0 where
-    x / t for x < 0 may become -inf. A row with no finite logit at all becomes uniform."""
+    top-k and top-p do not change under the shift). However small the temperature, each
+    row keeps a finite logit: 0 / t is 0 where x / t for x < 0 may become -inf, and below
+    1e-30, where t itself would round to 0 in float32, the division is in float64. A row
+    with no finite logit at all becomes uniform."""
     logits = _finite(logits)
-    top = logits.max(dim=-1, keepdim=True).values
-    shifted = torch.where(torch.isfinite(top), logits - top, torch.zeros_like(logits))
+    top = logits.amax(dim=-1, keepdim=True)
+    if not bool(torch.isfinite(top).all()):
+        logits = torch.where(torch.isfinite(top), logits, torch.zeros_like(logits))
+        top = torch.nan_to_num(top, neginf=0.0)
+    shifted = logits - top
+    if temperature >= 1e-30:
+        return shifted / temperature
     return (shifted.double() / temperature).float()
 
 
