@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 BROWSER_TESTS := tests/browser
 BROWSER_STAMP := $(BROWSER_TESTS)/node_modules/.installed-stamp
 
-.PHONY: install system-deps serve test lint bench clean
+.PHONY: install system-deps serve test fuzz lint bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -47,6 +47,15 @@ lint: install
 
 test: lint system-deps $(BROWSER_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# A larger fuzz budget than `make test` gives them, for CI: the wire codec's property tests
+# and schemathesis with at least 10,000 authenticated cases.
+FUZZ_TESTS := tests/unit/test_wire_properties.py \
+	"tests/compat/test_schemathesis.py::test_no_server_errors_and_every_error_is_a_google_rpc_status[api-key]"
+
+fuzz: install
+	TUNESMITH_PROPERTY_EXAMPLES=1000 TUNESMITH_SCHEMATHESIS_CASES=10000 \
+		$(PY) -m pytest -q -p no:cacheprovider $(FUZZ_TESTS)
 
 bench: install
 	$(PY) bench/run.py

@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "googleapis.com"
 SERVICE = "generativelanguage.googleapis.com"
-STATUS_OF_HTTP = {404: Code.NOT_FOUND, 405: Code.UNIMPLEMENTED, 400: Code.INVALID_ARGUMENT}
+# Google's front end answers a method no route maps, on any path, with 404 NOT_FOUND and a
+# google.rpc body: it never says 405 or 501 for a known path with another verb.
+STATUS_OF_HTTP = {404: Code.NOT_FOUND, 405: Code.NOT_FOUND, 400: Code.INVALID_ARGUMENT}
 
 
 def status_body(error: ServiceError) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from tunesmith.api import wire
 SCALARS = {
     wire.STRING: {"type": "string"},
     wire.FLOAT: {"type": "number"},
-    wire.INT32: {"type": "integer", "format": "int32"},
-    wire.INT64: {"type": "integer", "format": "int64"},
+    wire.INT32: {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1},
+    wire.INT64: {"type": "integer", "format": "int64", "minimum": -(2**63), "maximum": 2**63 - 1},
     wire.BOOL: {"type": "boolean"},
 }
 

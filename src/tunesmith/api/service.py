@@ -67,6 +67,9 @@ class Page:
     size: int
 
 
+MAX_OFFSET = 2**31 - 1  # a page token's largest offset
+
+
 def read_page(size: int | None, token: str | None, default: int, context: str) -> Page:
     """Page size and offset. A token is bound to the call that made it (`context`)."""
     if size is not None and size < 0:
@@ -76,9 +79,12 @@ def read_page(size: int | None, token: str | None, default: int, context: str) -
         return Page(0, size)
     try:
         data = json.loads(base64.urlsafe_b64decode(token.encode() + b"=="))
-        offset, made_for = int(data["o"]), data["c"]
-    except (ValueError, KeyError, TypeError) as error:
+        offset, made_for = data["o"], data["c"]
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise invalid([FieldViolation("pageToken", "pageToken is not valid")]) from error
+    # Only tokens this module made hold a plain offset the store can take (int32, >= 0).
+    if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:
+        raise invalid([FieldViolation("pageToken", "pageToken is not valid")])
     if made_for != context:
         raise invalid(
             [FieldViolation("pageToken", "pageToken was made for a call with other parameters")]

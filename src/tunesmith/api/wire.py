@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pyjson5
 
 from tunesmith.domain.access import GranteeType, Permission, Role
-from tunesmith.domain.errors import FieldViolation, invalid
+from tunesmith.domain.errors import FieldViolation, ServiceError, invalid
 from tunesmith.domain.resources import (
     Operation,
     TunedModel,
@@ -52,23 +52,122 @@ TYPE_PREFIX = "type.googleapis.com/google.ai.generativelanguage.v1beta."
 
 # ---------------------------------------------------------------- JSON bodies
 
+# The limits every request body meets before any handler sees it (README: "Request limits").
+MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_DEPTH = 100  # objects and arrays nested in each other; protobuf's JSON parser's limit
+_MAX_REPORTED = 10  # invalid strings named in one error
+
+
+def body_too_large() -> ServiceError:
+    """The hosted front end's answer to an oversized body: 400, not 413."""
+    return invalid(
+        [FieldViolation("", f"Request payload size exceeds the limit: {MAX_BODY_BYTES} bytes.")]
+    )
+
 
 def parse_body(raw: bytes) -> dict[str, Any]:
-    """A JSON object from a request body; strict parser first, JSON5 only on failure."""
+    """A JSON object from a request body; strict parser first, JSON5 only on failure. The
+    body must fit MAX_BODY_BYTES, nest at most MAX_DEPTH deep and hold only valid Unicode."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise body_too_large()
     if not raw.strip():
         return {}
+    value = _decode_json(raw)
+    if not isinstance(value, dict):
+        raise invalid([FieldViolation("", "Invalid JSON payload received. Expected an object.")])
+    check_tree(value)
+    return value
+
+
+def _decode_json(raw: bytes) -> Any:
     try:
-        value = json.loads(raw)
+        return json.loads(raw)
+    except RecursionError:
+        raise _too_deep("") from None
     except (ValueError, UnicodeDecodeError) as strict_error:
         try:
-            value = pyjson5.decode(raw.decode("utf-8"))
+            return pyjson5.decode(raw.decode("utf-8"), maxdepth=MAX_DEPTH)
+        except pyjson5.Json5NestingTooDeep:
+            raise _too_deep("") from None
         except Exception:
             raise invalid(
                 [FieldViolation("", f"Invalid JSON payload received. {strict_error}")]
             ) from None
-    if not isinstance(value, dict):
-        raise invalid([FieldViolation("", "Invalid JSON payload received. Expected an object.")])
-    return value
+
+
+def _too_deep(path: str) -> ServiceError:
+    shown = path if len(path) <= 60 else path[:57] + "..."
+    where = f" at '{shown}'" if path else ""
+    return invalid(
+        [
+            FieldViolation(
+                path,
+                f"Invalid JSON payload received. Nesting{where} is deeper than {MAX_DEPTH} "
+                "levels of objects and arrays.",
+            )
+        ]
+    )
+
+
+@dataclass(slots=True)
+class _Node:
+    """A value in a decoded body, with the way back to the root for naming it."""
+
+    value: Any
+    depth: int
+    parent: _Node | None = None
+    key: str | int | None = None
+
+    @property
+    def path(self) -> str:
+        parts: list[str] = []
+        node: _Node | None = self
+        while node is not None and node.key is not None:
+            parts.append(f"[{node.key}]" if isinstance(node.key, int) else f".{node.key}")
+            node = node.parent
+        # A key may itself hold a lone surrogate: escape it, the error body is UTF-8.
+        path = "".join(reversed(parts)).lstrip(".")
+        return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_tree(value: Any) -> None:
+    """400 unless `value` nests at most MAX_DEPTH deep and every string in it, keys
+    included, is valid Unicode (no lone surrogates, which `\\ud800` escapes can make).
+    Iterative, so no depth can exhaust the stack."""
+    violations: list[FieldViolation] = []
+    stack = [_Node(value, 1)]
+    while stack and len(violations) < _MAX_REPORTED:
+        node = stack.pop()
+        item = node.value
+        if isinstance(item, dict | list) and node.depth > MAX_DEPTH:
+            raise _too_deep(node.path)
+        if isinstance(item, dict):
+            for key, child in item.items():
+                child_node = _Node(child, node.depth + 1, node, key)
+                _check_text(violations, key, child_node)
+                stack.append(child_node)
+        elif isinstance(item, list):
+            stack.extend(_Node(child, node.depth + 1, node, i) for i, child in enumerate(item))
+        elif isinstance(item, str):
+            _check_text(violations, item, node)
+    if violations:
+        raise invalid(violations)
+
+
+def _check_text(violations: list[FieldViolation], text: str, node: _Node) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        path = node.path
+        violations.append(
+            FieldViolation(
+                path,
+                f"'{path}' must be valid Unicode: it holds a lone surrogate "
+                f"U+{ord(text[error.start]):04X} at character {error.start}",
+            )
+        )
 
 
 # ---------------------------------------------------------------- request schemas
@@ -233,33 +332,85 @@ class _Reader:
 
     def enum(self, item: Any, enum: type[IntEnum], path: str) -> IntEnum | None:
         try:
-            return enum[item] if isinstance(item, str) else enum(int(item))
+            return enum[item] if isinstance(item, str) else enum(_integer(item))
         except (KeyError, ValueError, TypeError):
-            self.fail(path, f"Invalid value at '{path}' ({enum.__name__}), {json.dumps(item)}")
+            self.fail(path, f"Invalid value at '{path}' ({enum.__name__}), {_shown(item)}")
             return None
 
     def scalar(self, item: Any, kind: str, path: str) -> Any:
-        try:
-            if kind == STRING and isinstance(item, str):
-                return item
-            if kind == BOOL and isinstance(item, bool):
-                return item
-            if kind == FLOAT and not isinstance(item, bool) and isinstance(item, int | float | str):
-                return float(item)
-            if kind in (INT32, INT64) and not isinstance(item, bool):
-                if isinstance(item, float) and item.is_integer():
-                    return int(item)
-                if isinstance(item, int | str):
-                    return int(item)
-        except ValueError:
-            pass
-        expected = {STRING: "a string", BOOL: "a boolean", FLOAT: "a number"}.get(
-            kind, "an integer"
-        )
-        self.fail(
-            path, f"Invalid value at '{path}' ({kind}), {json.dumps(item)}: expected {expected}."
-        )
+        value = _SCALAR_READERS[kind](item)
+        if value is None:
+            expected = {STRING: "a string", BOOL: "a boolean", FLOAT: "a number"}.get(
+                kind, "an integer"
+            )
+            self.fail(
+                path, f"Invalid value at '{path}' ({kind}), {_shown(item)}: expected {expected}."
+            )
+            return None
+        if kind in INTEGER_RANGES:
+            low, high = INTEGER_RANGES[kind]
+            if not low <= value <= high:
+                self.fail(
+                    path,
+                    f"Invalid value at '{path}' ({kind}), {_shown(item)}: out of range; "
+                    f"{kind} values are in [{low}, {high}].",
+                )
+                return None
+        return value
+
+
+# proto3 JSON's scalars: int32 and int64 as numbers or decimal strings, float as a number,
+# a numeric string or "NaN"/"Infinity"/"-Infinity". Values beyond the proto type's range are
+# refused here, so nothing past them reaches the rules, the store or the engine.
+INTEGER_RANGES = {INT32: (-(2**31), 2**31 - 1), INT64: (-(2**63), 2**63 - 1)}
+_INTEGER_TEXT = re.compile(r"-?[0-9]+")
+_NUMBER_TEXT = re.compile(r"-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?|NaN|-?Infinity")
+_BEYOND_ANY_RANGE = 10**100  # stands for integers too long to convert
+
+
+def _integer(item: Any) -> int | None:
+    if isinstance(item, bool):
         return None
+    if isinstance(item, int):
+        return item
+    if isinstance(item, float):
+        return int(item) if item.is_integer() else None
+    if isinstance(item, str) and _INTEGER_TEXT.fullmatch(item):
+        if len(item) > 100:
+            return -_BEYOND_ANY_RANGE if item.startswith("-") else _BEYOND_ANY_RANGE
+        return int(item)
+    return None
+
+
+def _float(item: Any) -> float | None:
+    if isinstance(item, bool):
+        return None
+    if isinstance(item, str):
+        return float(item) if _NUMBER_TEXT.fullmatch(item) else None
+    if isinstance(item, int | float):
+        try:
+            return float(item)
+        except OverflowError:  # an integer literal beyond any double
+            return float("inf") if item > 0 else float("-inf")
+    return None
+
+
+_SCALAR_READERS = {
+    STRING: lambda item: item if isinstance(item, str) else None,
+    BOOL: lambda item: item if isinstance(item, bool) else None,
+    FLOAT: _float,
+    INT32: _integer,
+    INT64: _integer,
+}
+
+
+def _shown(item: Any) -> str:
+    """A value for an error message, cut short."""
+    try:
+        text = json.dumps(item)
+    except ValueError:  # an integer of thousands of digits
+        return "a very long number"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _snake_path(path: str) -> str:
@@ -273,6 +424,15 @@ def read_message(body: dict[str, Any], schema: str) -> dict[str, Any]:
     if reader.violations:
         raise invalid(reader.violations)
     return result or {}
+
+
+def read_integer(text: str, kind: str, path: str) -> int:
+    """A query parameter's integer, by the same rules as a body's, or 400."""
+    reader = _Reader()
+    value = reader.scalar(text, kind, path)
+    if reader.violations:
+        raise invalid(reader.violations)
+    return value
 
 
 # ---------------------------------------------------------------- request decoders

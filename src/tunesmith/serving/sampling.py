@@ -20,7 +20,7 @@ class SamplingParams:
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Logits (rows, vocab) with all but each row's k largest set to -inf; k <= 0 is off."""
-    if k <= 0 or k >= logits.shape[-1]:
+    if k <= 0 or k >= logits.shape[-1]:  # top-k over the whole vocabulary keeps it all
         return logits
     kth_largest = torch.topk(logits, k, dim=-1).values[..., -1:]
     return logits.masked_fill(logits < kth_largest, float("-inf"))
@@ -56,15 +56,43 @@ def next_tokens(
 ) -> torch.Tensor:
     """One token id per row of logits (rows, vocab)."""
     if params.temperature <= 0:
-        return logits.argmax(dim=-1)
-    scaled = logits.float() / params.temperature
+        return _finite(logits).argmax(dim=-1)
+    scaled = _scaled(logits, params.temperature)
     return _draw(top_p_filter(top_k_filter(scaled, params.top_k), params.top_p), generator)
+
+
+def _finite(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in float32 with NaN as -inf and +inf as the largest float."""
+    return torch.nan_to_num(
+        logits.float(),
+        nan=float("-inf"),
+        posinf=torch.finfo(torch.float32).max,
+        neginf=float("-inf"),
+    )
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits over the temperature, each row shifted so that its largest is 0 (softmax,
+    top-k and top-p do not change under the shift). However small the temperature, each
+    row keeps a finite logit: 0 / t is 0 where x / t for x < 0 may become -inf, and below
+    1e-30, where t itself would round to 0 in float32, the division is in float64. A row
+    with no finite logit at all becomes uniform."""
+    logits = _finite(logits)
+    top = logits.amax(dim=-1, keepdim=True)
+    if not bool(torch.isfinite(top).all()):
+        logits = torch.where(torch.isfinite(top), logits, torch.zeros_like(logits))
+        top = torch.nan_to_num(top, neginf=0.0)
+    shifted = logits - top
+    if temperature >= 1e-30:
+        return shifted / temperature
+    return (shifted.double() / temperature).float()
 
 
 def _draw(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One token per row, drawn among its finite logits only: drawing from a whole 262k
-    vocabulary costs several ms per row."""
-    width = int(torch.isfinite(logits).sum(dim=-1).max())
+    vocabulary costs several ms per row. Every row has at least one finite logit (see
+    `_scaled`), so the draw is never among zero tokens."""
+    width = max(int(torch.isfinite(logits).sum(dim=-1).max()), 1)
     if width == logits.shape[-1]:
         probs = torch.softmax(logits, dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

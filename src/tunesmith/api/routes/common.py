@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import Request
 
 from tunesmith.api import wire
-from tunesmith.domain.errors import FieldViolation, invalid
 
 
 def query(request: Request, camel: str) -> str | None:
@@ -17,15 +16,11 @@ def query(request: Request, camel: str) -> str | None:
 
 
 def query_int(request: Request, camel: str) -> int | None:
+    """An int32 query parameter (pageSize), by the wire codec's rules."""
     value = query(request, camel)
     if value is None or value == "":
         return None
-    try:
-        return int(value)
-    except ValueError as error:
-        raise invalid(
-            [FieldViolation(camel, f"{camel} must be an integer, got '{value}'")]
-        ) from error
+    return wire.read_integer(value, wire.INT32, camel)
 
 
 def pretty(request: Request) -> bool:
@@ -33,4 +28,13 @@ def pretty(request: Request) -> bool:
 
 
 async def body(request: Request) -> dict[str, Any]:
-    return wire.parse_body(await request.body())
+    """The JSON body; one past wire.MAX_BODY_BYTES is refused without reading it whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and (len(declared) > 15 or int(declared) > wire.MAX_BODY_BYTES):
+        raise wire.body_too_large()
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > wire.MAX_BODY_BYTES:
+            raise wire.body_too_large()
+    return wire.parse_body(bytes(raw))
