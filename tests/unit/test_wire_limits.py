@@ -185,8 +185,15 @@ def test_surrogate_bytes_in_utf8_are_refused():
     assert "must be valid Unicode" in error.message
 
 
+def test_nul_is_refused_naming_the_field():
+    # Valid Unicode, but no PostgreSQL text column can hold it: refused on every store alike.
+    error = rejected(wire.parse_body, json.dumps({"displayName": "a\x00b"}).encode())
+    assert [v.field for v in error.violations] == ["displayName"]
+    assert "must not contain NUL" in error.message
+
+
 @pytest.mark.parametrize(
-    "text", ["\x00", "שלום עולם", "\u202eevil", "😀 paired surrogates", "\ufffe\uffff"]
+    "text", ["שלום עולם", "\u202eevil", "😀 paired surrogates", "\ufffe\uffff"]
 )
 def test_valid_unicode_is_read(text):
     raw = json.dumps({"displayName": text}).encode()

@@ -132,7 +132,8 @@ class _Node:
 
 def check_tree(value: Any) -> None:
     """400 unless `value` nests at most MAX_DEPTH deep and every string in it, keys
-    included, is valid Unicode (no lone surrogates, which `\\ud800` escapes can make).
+    included, is valid Unicode (no lone surrogates, which `\\ud800` escapes can make) with
+    no NUL character.
     Iterative, so no depth can exhaust the stack."""
     violations: list[FieldViolation] = []
     stack = [_Node(value, 1)]
@@ -155,6 +156,17 @@ def check_tree(value: Any) -> None:
 
 
 def _check_text(violations: list[FieldViolation], text: str, node: _Node) -> None:
+    if "\x00" in text:
+        # Valid Unicode, but no text column can hold it (PostgreSQL refuses it outright).
+        path = node.path
+        violations.append(
+            FieldViolation(
+                path,
+                f"'{path}' must not contain NUL (U+0000): found at character "
+                f"{text.index(chr(0))}",
+            )
+        )
+        return
     if text.isascii():
         return
     try:
