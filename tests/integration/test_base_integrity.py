@@ -13,6 +13,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from tunesmith.domain.errors import Code, ServiceError
 from tunesmith.domain.resources import Turn
 from tunesmith.serving.engine import Engine
 from tunesmith.serving.sampling import SamplingParams
@@ -121,7 +122,8 @@ def test_a_stored_pissa_adapter_is_never_loaded_onto_the_served_base(
     config = json.loads((stored / ADAPTER_CONFIG).read_text())
     (stored / ADAPTER_CONFIG).write_text(json.dumps({**config, "init_lora_weights": "pissa"}))
 
-    with pytest.raises(InvalidAdapter, match="init_lora_weights 'pissa' cannot be imported"):
+    with pytest.raises(ServiceError, match="init_lora_weights 'pissa' cannot be imported") as e:
         engine.generate(spec, stored, TURNS, GREEDY)
+    assert e.value.code is Code.FAILED_PRECONDITION
 
     assert base_digest(loaded[0].model) == before

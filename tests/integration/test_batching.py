@@ -213,8 +213,9 @@ def test_adapters_in_use_are_never_evicted(spec, cache_root, adapters, reference
 
 
 def test_serving_an_adapter_never_changes_the_base_weights(spec, cache_root, adapters, tmp_path):
-    """Even one whose config asks peft to rewrite the base on load (PiSSA): serving reads
-    only its A and B matrices."""
+    """Not even one whose config asks peft to rewrite the base on load (PiSSA): serving
+    refuses such a config (one stored before imports were checked), and would read only
+    the A and B matrices anyway."""
     pissa = tmp_path / "pissa"
     shutil.copytree(adapters[0], pissa)
     config = json.loads((pissa / "adapter_config.json").read_text())
@@ -224,7 +225,8 @@ def test_serving_an_adapter_never_changes_the_base_weights(spec, cache_root, ada
     before = engine.generate(spec, None, TURNS, GREEDY)
     weights = {k: v.clone() for k, v in loaded[0].model.state_dict().items()}
 
-    engine.generate(spec, pissa, TURNS, GREEDY)
+    with pytest.raises(ServiceError, match="pissa"):
+        engine.generate(spec, pissa, TURNS, GREEDY)
 
     assert engine.generate(spec, None, TURNS, GREEDY) == before
     after = loaded[0].model.state_dict()
