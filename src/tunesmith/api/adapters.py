@@ -16,7 +16,7 @@ from pathlib import Path
 from fastapi import Request
 
 from tunesmith.api.archive_reader import COPY_CHUNK, DAMAGED, MAX_READ, ArchiveRefused, open_tar
-from tunesmith.api.routes.common import query
+from tunesmith.api.deps import query
 from tunesmith.api.service import TuningService
 from tunesmith.config import Settings
 from tunesmith.domain import names

@@ -162,8 +162,7 @@ def _check_text(violations: list[FieldViolation], text: str, node: _Node) -> Non
         violations.append(
             FieldViolation(
                 path,
-                f"'{path}' must not contain NUL (U+0000): found at character "
-                f"{text.index(chr(0))}",
+                f"'{path}' must not contain NUL (U+0000): found at character {text.index(chr(0))}",
             )
         )
         return

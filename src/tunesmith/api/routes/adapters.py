@@ -8,11 +8,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, Response
 
 from tunesmith.api import wire
-from tunesmith.api.adapters import AdapterService, decode_import, receive_archive
+from tunesmith.api.adapters import decode_import, receive_archive
 from tunesmith.api.auth import Principal, authenticate, authenticate_reader
+from tunesmith.api.deps import adapters, pretty, query
 from tunesmith.api.openapi import operation
 from tunesmith.api.responses import json_response
-from tunesmith.api.routes.common import pretty, query
 
 router = APIRouter()
 TAR = "application/x-tar"
@@ -22,10 +22,6 @@ IMPORT_QUERY = {
     "description": wire.STRING,
     "baseModel": wire.STRING,
 }
-
-
-def adapters(request: Request) -> AdapterService:
-    return request.app.state.adapters
 
 
 @router.get(

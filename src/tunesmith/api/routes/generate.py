@@ -15,11 +15,10 @@ from starlette.responses import Response, StreamingResponse
 
 from tunesmith.api import wire
 from tunesmith.api.auth import Principal, authenticate_reader
+from tunesmith.api.deps import body, pretty, service
 from tunesmith.api.errors import status_body
 from tunesmith.api.openapi import operation
 from tunesmith.api.responses import dumps, json_response
-from tunesmith.api.routes.common import body, pretty
-from tunesmith.api.routes.tuned_models import service
 from tunesmith.domain.errors import Code, FieldViolation, ServiceError, invalid
 from tunesmith.serving.engine import GenerationCollector, GenerationStream, request_deadline
 

@@ -7,10 +7,9 @@ from starlette.responses import Response
 
 from tunesmith.api import wire
 from tunesmith.api.auth import authenticate_reader
+from tunesmith.api.deps import pretty, query, query_int, service
 from tunesmith.api.openapi import PAGING, operation
 from tunesmith.api.responses import json_response
-from tunesmith.api.routes.common import pretty, query, query_int
-from tunesmith.api.routes.tuned_models import service
 from tunesmith.api.service import next_page_token, read_page
 
 router = APIRouter(dependencies=[Depends(authenticate_reader)])

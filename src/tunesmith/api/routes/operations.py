@@ -8,10 +8,8 @@ from starlette.responses import Response
 
 from tunesmith.api import wire
 from tunesmith.api.auth import Principal, authenticate, authenticate_reader
-from tunesmith.api.polling import PollPacer
+from tunesmith.api.deps import poll_pacer, pretty, service
 from tunesmith.api.responses import json_response
-from tunesmith.api.routes.common import pretty
-from tunesmith.api.routes.tuned_models import service
 
 router = APIRouter()
 
@@ -32,7 +30,7 @@ async def get_operation(
     caller: Principal = Depends(authenticate_reader),
 ) -> Response:
     tuning = service(request)
-    pacer: PollPacer = request.app.state.poll_pacer
+    pacer = poll_pacer(request)
     key = (caller.id, model_id, operation_id)
     await pacer.wait_for_news(
         key, lambda: run_in_threadpool(tuning.repo.operation_progress, operation_id)

@@ -8,16 +8,11 @@ from starlette.responses import Response
 
 from tunesmith.api import wire
 from tunesmith.api.auth import Principal, authenticate
+from tunesmith.api.deps import body, pretty, query, query_int, sharing
 from tunesmith.api.openapi import PAGING, operation
 from tunesmith.api.responses import json_response
-from tunesmith.api.routes.common import body, pretty, query, query_int
-from tunesmith.api.sharing import SharingService
 
 router = APIRouter()
-
-
-def sharing(request: Request) -> SharingService:
-    return request.app.state.sharing
 
 
 @router.post(

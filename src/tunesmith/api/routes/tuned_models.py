@@ -8,16 +8,11 @@ from starlette.responses import Response
 
 from tunesmith.api import wire
 from tunesmith.api.auth import Principal, authenticate, authenticate_reader
+from tunesmith.api.deps import body, pretty, query, query_int, service
 from tunesmith.api.openapi import PAGING, operation
 from tunesmith.api.responses import json_response
-from tunesmith.api.routes.common import body, pretty, query, query_int
-from tunesmith.api.service import TuningService
 
 router = APIRouter()
-
-
-def service(request: Request) -> TuningService:
-    return request.app.state.service
 
 
 @router.post("/tunedModels", openapi_extra=operation("TunedModel", {"tunedModelId": wire.STRING}))

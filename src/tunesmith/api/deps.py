@@ -1,12 +1,35 @@
-"""Helpers every route shares: query parameters in either spelling, JSON bodies."""
+"""What routes depend on, in one place: the services a request reaches, query parameters in
+either spelling, JSON bodies. Routes import from here, never from each other."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
 from tunesmith.api import wire
+
+if TYPE_CHECKING:  # the services import query() from here
+    from tunesmith.api.adapters import AdapterService
+    from tunesmith.api.polling import PollPacer
+    from tunesmith.api.service import TuningService
+    from tunesmith.api.sharing import SharingService
+
+
+def service(request: Request) -> TuningService:
+    return request.app.state.service
+
+
+def sharing(request: Request) -> SharingService:
+    return request.app.state.sharing
+
+
+def adapters(request: Request) -> AdapterService:
+    return request.app.state.adapters
+
+
+def poll_pacer(request: Request) -> PollPacer:
+    return request.app.state.poll_pacer
 
 
 def query(request: Request, camel: str) -> str | None:
