@@ -156,3 +156,23 @@ export function deleteTunedModel(id) {
 export function generateContent(modelName, request, { signal } = {}) {
   return call("POST", `${modelName}:generateContent`, { body: request, signal });
 }
+
+/** A tuned model's evaluations on its validation examples (a Tunesmith extension). */
+export async function getEvaluations(id, { signal } = {}) {
+  const { evaluations = [] } = await call("GET", `tunedModels/${id}/evaluations`, { signal });
+  return evaluations;
+}
+
+/** The adapters kept at epoch ends; the one marked `serving` answers generateContent. */
+export async function getCheckpoints(id, { signal } = {}) {
+  const { checkpoints = [] } = await call("GET", `tunedModels/${id}/checkpoints`, { signal });
+  return checkpoints;
+}
+
+export async function selectCheckpoint(checkpointName) {
+  const id = checkpointName.split("/")[1];
+  const { checkpoints = [] } = await call("POST", `tunedModels/${id}:selectCheckpoint`, {
+    body: { checkpoint: checkpointName },
+  });
+  return checkpoints;
+}

@@ -2,9 +2,18 @@
 // comes from the model and its operation, polled until the operation is done, so a reload
 // picks up exactly where the page was.
 
-import { cancelOperation, deleteTunedModel, getOperation, getTunedModel, tuningOperation } from "./api.js";
+import {
+  cancelOperation,
+  deleteTunedModel,
+  getCheckpoints,
+  getEvaluations,
+  getOperation,
+  getTunedModel,
+  selectCheckpoint,
+  tuningOperation,
+} from "./api.js";
 import { LossChart } from "./chart.js";
-import { between, errorBox, formatDuration, formatTime, h, poll, stateBadge } from "./ui.js";
+import { between, errorBox, formatDuration, formatLoss, formatTime, h, poll, stateBadge } from "./ui.js";
 
 const REFRESH_MS = 1000;
 const CANCELLED = 1; // google.rpc.Code.CANCELLED
@@ -73,6 +82,46 @@ function timings(model, snapshots) {
   ];
 }
 
+function percent(share) {
+  return share === undefined ? "" : `${Math.round(share * 100)}%`;
+}
+
+function table(columns, rows) {
+  return h(
+    "div",
+    { class: "table-scroll" },
+    h(
+      "table",
+      {},
+      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c) => h("td", {}, c))))),
+    ),
+  );
+}
+
+/** Exact-match accuracy at each epoch end (the evaluation at the epoch's last step). */
+function accuracyTable(evaluations) {
+  const byEpoch = new Map();
+  for (const e of evaluations) byEpoch.set(e.epoch ?? 0, e);
+  const rows = [...byEpoch.values()]
+    .filter((e) => (e.epoch ?? 0) > 0)
+    .map((e) => [String(e.epoch), formatLoss(e.validationLoss), percent(e.exactMatch)]);
+  return table(["Epoch", "Validation loss", "Exact match"], rows);
+}
+
+function checkpointTable(checkpoints, serve) {
+  const rows = checkpoints.map((c) => [
+    String(c.epoch),
+    String(c.step),
+    c.validationLoss === undefined ? "" : formatLoss(c.validationLoss),
+    percent(c.exactMatch),
+    c.serving
+      ? h("span", { class: "badge state-active" }, "Serving")
+      : h("button", { type: "button", onclick: () => serve(c) }, "Serve this"),
+  ]);
+  return table(["Epoch", "Step", "Validation loss", "Exact match", ""], rows);
+}
+
 export function modelView(container, { signal, params: [id] }) {
   const chart = new LossChart();
   const title = h("h1", { tabindex: "-1" }, id);
@@ -84,7 +133,36 @@ export function modelView(container, { signal, params: [id] }) {
   const progress = h("progress", { max: "100", value: "0", "aria-labelledby": "progress-text" });
   const progressLabel = h("p", { id: "progress-text", class: "progress-text" }, "Loading…");
   const facts = h("div", { class: "fact-grid" });
+  const evaluationCard = h("section", { class: "card", hidden: true });
+  const checkpointCard = h("section", { class: "card", hidden: true });
   let operationName = null;
+
+  async function serve(checkpoint) {
+    try {
+      const checkpoints = await selectCheckpoint(checkpoint.name);
+      renderCheckpoints(checkpoints);
+    } catch (error) {
+      actionProblem.replaceChildren(errorBox(error, { title: "Could not serve that checkpoint" }));
+    }
+  }
+
+  function renderEvaluations(evaluations) {
+    evaluationCard.hidden = !evaluations.length;
+    evaluationCard.replaceChildren(
+      h("h2", {}, "Validation"),
+      h("p", { class: "help" }, "Loss and exact-match accuracy of greedy answers on the validation examples."),
+      accuracyTable(evaluations),
+    );
+  }
+
+  function renderCheckpoints(checkpoints) {
+    checkpointCard.hidden = !checkpoints.length;
+    checkpointCard.replaceChildren(
+      h("h2", {}, "Checkpoints"),
+      h("p", { class: "help" }, "The adapters kept at epoch ends; the serving one answers generateContent."),
+      checkpointTable(checkpoints, serve),
+    );
+  }
 
   async function stop() {
     if (!confirm("Stop tuning this model? It will end up FAILED (cancelled).")) return;
@@ -106,7 +184,7 @@ export function modelView(container, { signal, params: [id] }) {
     }
   }
 
-  function render(model, operation) {
+  function render(model, operation, evaluations) {
     const metadata = operation?.metadata ?? {};
     const snapshots = metadata.snapshots ?? [];
     const done = Boolean(operation?.done) || model.state !== "CREATING";
@@ -137,7 +215,8 @@ export function modelView(container, { signal, params: [id] }) {
         ),
       );
     }
-    chart.update(snapshots, total, emptyChartMessage(model, done));
+    chart.update(snapshots, total, emptyChartMessage(model, done), evaluations);
+    renderEvaluations(evaluations);
     const hyperparameters = model.tuningTask?.hyperparameters ?? {};
     facts.replaceChildren(
       definitions("Hyperparameters", [
@@ -179,7 +258,9 @@ export function modelView(container, { signal, params: [id] }) {
       );
       return null;
     }
-    render(model, operation);
+    const evaluations = await getEvaluations(id, { signal });
+    render(model, operation, evaluations);
+    renderCheckpoints(await getCheckpoints(id, { signal }));
     return model.state === "CREATING" ? REFRESH_MS : null;
   }
 
@@ -197,6 +278,8 @@ export function modelView(container, { signal, params: [id] }) {
       h("p", { class: "help" }, "Mean loss of each step's examples; dashed lines mark where an epoch ends."),
       chart.element,
     ),
+    evaluationCard,
+    checkpointCard,
     facts,
   );
   poll(refresh, signal, (error) =>
