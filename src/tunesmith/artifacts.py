@@ -177,6 +177,10 @@ class Artifacts:
             key = self.remote.epoch_key(tuned_model_id, operation_id, epoch)
             self.remote.upload_folder(staging, key)
             shutil.rmtree(staging, ignore_errors=True)
+            folder = self.epoch_adapters(tuned_model_id, operation_id)
+            for empty in (folder, folder.parent, self.model_dir(tuned_model_id)):
+                with contextlib.suppress(OSError):  # not empty: this machine serves from it
+                    empty.rmdir()
             return
         final = self.epoch_adapter(tuned_model_id, operation_id, epoch)
         shutil.rmtree(final, ignore_errors=True)
