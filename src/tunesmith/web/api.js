@@ -148,6 +148,21 @@ export function createTunedModel(tunedModel, tunedModelId) {
   return call("POST", "tunedModels", { body: tunedModel, query: { tunedModelId } });
 }
 
+/**
+ * Whether the caller may change the model (patch it, cancel its tuning, pick its checkpoint):
+ * the API has no "my role" method, but listing a model's permissions needs the same WRITER
+ * role, so a reader gets 403 for it. Other failures are thrown.
+ */
+export async function mayWriteTunedModel(id, { signal } = {}) {
+  try {
+    await call("GET", `tunedModels/${id}/permissions`, { query: { pageSize: 1 }, signal });
+    return true;
+  } catch (error) {
+    if (error.httpStatus === 403 && !error.rejectsKey) return false;
+    throw error;
+  }
+}
+
 export function deleteTunedModel(id) {
   return call("DELETE", `tunedModels/${id}`);
 }
