@@ -92,8 +92,10 @@ class Artifacts:
         return self.epoch_adapters(tuned_model_id, operation_id) / str(epoch)
 
     def epoch_staging(self, tuned_model_id: str, operation_id: str, epoch: int) -> Path:
-        """Where an epoch's adapter is written before `keep_epoch` puts it in place."""
-        return self.epoch_adapters(tuned_model_id, operation_id) / f".{epoch}.partial"
+        """A new folder to write an epoch's adapter to before `keep_epoch` puts it in place
+        (its own name: a worker that lost the job may still be writing another)."""
+        folder = self.epoch_adapters(tuned_model_id, operation_id)
+        return folder / f".{epoch}.{uuid.uuid4().hex[:12]}.partial"
 
     # ------------------------------------------------------------ adapters
 
@@ -170,9 +172,8 @@ class Artifacts:
 
     # ------------------------------------------------------------ epoch adapters
 
-    def keep_epoch(self, tuned_model_id: str, operation_id: str, epoch: int) -> None:
+    def keep_epoch(self, tuned_model_id: str, operation_id: str, epoch: int, staging: Path) -> None:
         """Puts an epoch's staged adapter in place (replacing one a resumed job wrote)."""
-        staging = self.epoch_staging(tuned_model_id, operation_id, epoch)
         if self.remote is not None:
             key = self.remote.epoch_key(tuned_model_id, operation_id, epoch)
             self.remote.upload_folder(staging, key)

@@ -120,6 +120,12 @@ def test_select_checkpoint_errors(server):
         assert malformed.status_code == 400
         violation = malformed.json()["error"]["details"][0]["fieldViolations"][0]
         assert violation["field"] == "checkpoint"
+        for epoch in ("²", "01", "0", "-1", "1 "):  # canonical epoch numbers only
+            odd = client.post(
+                f"/v1beta/{model}:selectCheckpoint",
+                json={"checkpoint": f"{model}/checkpoints/{epoch}"},
+            )
+            assert odd.status_code == 400, (epoch, odd.text)
         missing = client.post(
             f"/v1beta/{model}:selectCheckpoint", json={"checkpoint": f"{model}/checkpoints/9"}
         )
@@ -161,6 +167,10 @@ def test_a_held_out_share_with_the_best_checkpoint(server):
         ({"checkpointChoice": "FIRST"}, "tuningTask.checkpointChoice"),
         ({"evaluationIntervalSteps": 2}, "tuningTask.evaluationIntervalSteps"),
         ({"seed": -1}, "tuningTask.seed"),
+        (
+            {"validationData": {"examples": {"examples": VALIDATION * 1001}}},
+            "tuningTask.validationData.examples.examples",
+        ),
         (
             {"validationData": {"examples": {"examples": [{"textInput": "x"}]}}},
             "tuningTask.validationData.examples.examples[0].output",

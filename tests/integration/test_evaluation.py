@@ -24,10 +24,12 @@ from tunesmith.domain.resources import (
     TunedModelState,
     TuningExample,
 )
+from tunesmith.jobs import worker as worker_module
 from tunesmith.jobs.worker import Worker
 from tunesmith.store.db import make_engine, migrate
 from tunesmith.store.repository import Repository
 from tunesmith.store.tables import operations
+from tunesmith.training import evaluation as evaluation_module
 from tunesmith.training.base_models import Catalog
 
 EXAMPLES = [TuningExample(str(n), str(n + 1)) for n in range(4)]
@@ -184,3 +186,43 @@ def test_deleting_the_model_removes_its_kept_epochs(settings, repo):
     assert not artifacts.model_dir("gone").exists()
     assert repo.operation_evaluations(operation.id) == []
     assert repo.epoch_checkpoints(operation.id) == []
+
+
+def test_a_validation_loss_that_is_not_finite_fails_the_job(settings, repo, monkeypatch):
+    monkeypatch.setattr(evaluation_module, "validation_loss", lambda *args: float("nan"))
+    queue(repo, "diverged", plan=EvaluationPlan(VALIDATION))
+    assert Worker(settings, repo, Catalog(settings)).run_once()
+    operation = repo.get_operation("diverged", "op-diverged")
+    assert operation.status is JobStatus.FAILED
+    assert "the validation loss became nan at step 2" in operation.error.message
+    assert repo.operation_evaluations(operation.id) == []
+
+
+def test_a_job_from_a_tuned_model_starts_from_the_checkpoint_chosen_when_accepted(
+    settings, repo, monkeypatch
+):
+    queue(repo, "source", epochs=3)
+    source = run(settings, repo, "source")
+    assert repo.serve_epoch("source", source.id, 1)
+    now = datetime.now(UTC)
+    derived = TunedModel(
+        id="derived", base_model=TINY, display_name="", description="", temperature=1.0,
+        top_p=0.9, top_k=10, state=TunedModelState.CREATING, create_time=now, update_time=now,
+        hyperparameters=Hyperparameters(1, 2, 0.01), owner_id="owner",
+        source_tuned_model="tunedModels/source",
+    )  # fmt: skip
+    repo.create_tuned_model(
+        derived, "op-derived", EXAMPLES, seed=3, total_steps=2, owner_email="owner@localhost",
+        quota=ProjectQuota(), source_operation_id=source.id, source_served_epoch=1,
+    )  # fmt: skip
+    assert repo.serve_epoch("source", source.id, 3)  # chosen again after the job was accepted
+    started_from = []
+    real_train = worker_module.train_lora
+
+    def recording(*args, **kwargs):
+        started_from.append(kwargs["init_adapter"])
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "train_lora", recording)
+    run(settings, repo, "derived")
+    assert started_from == [Artifacts.of(settings).epoch_adapter("source", source.id, 1)]

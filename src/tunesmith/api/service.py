@@ -158,7 +158,7 @@ class TuningService:
     def create(self, caller: Principal, request: CreateTunedModel) -> Operation:
         given = len(request.examples) + len(request.validation_examples or [])
         check_examples(given, self.settings.quota_examples_per_job)
-        base_name, defaults, source_operation = self._source(caller, request)
+        base_name, defaults, source = self._source(caller, request)
         seed = secrets.randbelow(2**31) if request.seed is None else request.seed
         examples, plan = evaluation_plan(request, seed)
         n = len(examples)
@@ -195,7 +195,8 @@ class TuningService:
             steps,
             caller.email,
             self.quota,
-            source_operation_id=source_operation,
+            source_operation_id=source.id if source else None,
+            source_served_epoch=source.served_epoch if source else None,
             plan=plan,
         )
         operation = self.repo.get_operation(model.id, operation_id)
@@ -204,10 +205,11 @@ class TuningService:
 
     def _source(
         self, caller: Principal, request: CreateTunedModel
-    ) -> tuple[str, tuple[float, float, int], str | None]:
+    ) -> tuple[str, tuple[float, float, int], Operation | None]:
         """The base model name, the sampling defaults the new model inherits, and for a
-        tuned source the operation whose adapter the job will start from: bound now, so
-        the job starts from exactly the model the caller was allowed to read."""
+        tuned source the operation whose served adapter the job will start from: bound now
+        (with its chosen checkpoint), so the job starts from exactly the model the caller
+        was allowed to read."""
         if request.source_tuned_model:
             source = self.get(caller, request.source_tuned_model.removeprefix("tunedModels/"))
             operations = self.repo.list_operations(source.id)
@@ -218,7 +220,7 @@ class TuningService:
                     "model can be the source of another.",
                 )
             defaults = (source.temperature, source.top_p, source.top_k)
-            return source.base_model, defaults, operations[-1].id
+            return source.base_model, defaults, operations[-1]
         assert request.base_model is not None
         entry = self.catalog.get(request.base_model)
         if entry is None:

@@ -514,7 +514,7 @@ def decode_select_checkpoint(body: dict[str, Any], model_id: str) -> int:
     name = read_message(body, "SelectCheckpointRequest").get("checkpoint", "")
     prefix = f"tunedModels/{model_id}/checkpoints/"
     epoch = name.removeprefix(prefix)
-    if not name.startswith(prefix) or not epoch.isdigit() or len(epoch) > 9:
+    if not name.startswith(prefix) or not re.fullmatch(r"[1-9][0-9]{0,8}", epoch):
         raise invalid(
             [
                 FieldViolation(

@@ -93,7 +93,7 @@ def list_checkpoints(
 @reports_errors
 def select_checkpoint(
     model: str = typer.Argument(..., help="tunedModels/ID or ID"),
-    epoch: int = typer.Argument(..., min=0, help="The epoch whose adapter to serve"),
+    epoch: int = typer.Argument(..., min=1, help="The epoch whose adapter to serve"),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Serve the adapter kept at the end of EPOCH from the next request on."""

@@ -168,3 +168,4 @@ class ClaimedJob:
     attempt: int
     cancel_requested: bool = False
     plan: EvaluationPlan = field(default_factory=EvaluationPlan)
+    source_served_epoch: int | None = None  # the source's chosen checkpoint, bound with it

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from tunesmith.domain.access import GranteeType, Role
 from tunesmith.domain.errors import FieldViolation, invalid
 from tunesmith.domain.resources import CheckpointChoice, TuningExample, Turn
+from tunesmith.domain.tuning import MAX_VALIDATION_EXAMPLES
 
 TUNED_MODEL_ID = re.compile(r"[a-z]([a-z0-9-]{0,38}[a-z0-9])?")
 MAX_DISPLAY_NAME = 40
@@ -194,6 +195,12 @@ def check_evaluation(v: Violations, request: CreateTunedModel) -> None:
     split = request.validation_split
     if validation is not None:
         check_example_list(v, validation, f"{path}.validationData.examples.examples")
+        v.check(
+            len(validation) <= MAX_VALIDATION_EXAMPLES,
+            f"{path}.validationData.examples.examples",
+            f"{path}.validationData holds {len(validation)} examples; at most "
+            f"{MAX_VALIDATION_EXAMPLES} are evaluated, each at every evaluation",
+        )
     if split is not None:
         v.check(
             validation is None,

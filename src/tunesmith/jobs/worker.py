@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from safetensors.torch import load_file
 
 from tunesmith.artifacts import Artifacts
@@ -219,7 +220,7 @@ class Worker:
             if heartbeat.lost:
                 raise LeaseLost(job.operation_id)
 
-        hook = self._epoch_hook(job, base)
+        hook = self._epoch_hook(job, base, heartbeat)
 
         def on_resume(step: int, tokens: int) -> None:
             if step:
@@ -254,7 +255,9 @@ class Worker:
                 "the learning rate is likely too high. Try a lower learningRate.",
             )
 
-    def _epoch_hook(self, job: ClaimedJob, base: LoadedBaseModel) -> EpochHook:
+    def _epoch_hook(
+        self, job: ClaimedJob, base: LoadedBaseModel, heartbeat: Heartbeat
+    ) -> EpochHook:
         """Evaluates the job's adapter as its plan says and keeps it at each epoch end."""
         hp = job.hyperparameters
         schedule = Schedule(
@@ -265,25 +268,46 @@ class Worker:
             job.plan.interval_steps,
         )
 
+        def interrupt() -> None:
+            if heartbeat.cancel_requested:
+                raise Cancelled
+            if heartbeat.lost:
+                raise LeaseLost(job.operation_id)
+
         def on_evaluation(evaluation: Evaluation) -> None:
+            if not math.isfinite(evaluation.validation_loss):
+                raise JobFailed(
+                    Code.INVALID_ARGUMENT,
+                    f"Tuning failed: the validation loss became {evaluation.validation_loss} "
+                    f"at step {evaluation.step}; the learning rate "
+                    f"({job.hyperparameters.learning_rate}) is likely too high. "
+                    "Try a lower learningRate.",
+                )
             retry_transient(
                 lambda: self.repo.record_evaluation(job.operation_id, self.worker_id, evaluation)
             )
 
-        def on_epoch_end(model, epoch: int, step: int) -> None:
+        def on_epoch_end(model: PeftModel, epoch: int, step: int) -> None:
+            interrupt()  # a worker that lost the job must not write the next one's files
             self._keep_epoch(job, model, epoch, step)
 
         pad_id = base.tokenizer.pad_token_id or 0
         return EpochHook(
-            base.codec, pad_id, job.plan.validation, schedule, on_evaluation, on_epoch_end
+            base.codec,
+            pad_id,
+            job.plan.validation,
+            schedule,
+            on_evaluation,
+            on_epoch_end,
+            interrupt,
         )
 
-    def _keep_epoch(self, job: ClaimedJob, model, epoch: int, step: int) -> None:
+    def _keep_epoch(self, job: ClaimedJob, model: PeftModel, epoch: int, step: int) -> None:
         """Stores the adapter at an epoch's end and drops those past the setting's bound."""
         model_id, operation_id = job.tuned_model_id, job.operation_id
         staging = self.artifacts.epoch_staging(model_id, operation_id, epoch)
         model.save_pretrained(staging)
-        self.artifacts.keep_epoch(model_id, operation_id, epoch)
+        self.artifacts.keep_epoch(model_id, operation_id, epoch, staging)
         kept = EpochCheckpoint(epoch, step, utcnow())
         retry_transient(
             lambda: self.repo.record_epoch_checkpoint(operation_id, self.worker_id, kept)
@@ -295,7 +319,9 @@ class Worker:
             job.plan.choice,
         )
         if drop:
-            retry_transient(lambda: self.repo.forget_epoch_checkpoints(operation_id, drop))
+            retry_transient(
+                lambda: self.repo.forget_epoch_checkpoints(operation_id, self.worker_id, drop)
+            )
             self.artifacts.remove_epochs(model_id, operation_id, drop)
 
     def _source_adapter(self, job: ClaimedJob) -> Path | None:
@@ -303,14 +329,13 @@ class Worker:
         if not job.source_tuned_model:
             return None
         source_id = job.source_tuned_model.removeprefix("tunedModels/")
-        operation_id = job.source_operation_id
+        operation_id, epoch = job.source_operation_id, job.source_served_epoch
         if operation_id is None:  # queued before sources were bound at create time
             operations = self.repo.list_operations(source_id)
             operation_id = operations[-1].id if operations else None
+            epoch = operations[-1].served_epoch if operations else None
         bound = operation_id and self.repo.get_operation(source_id, operation_id)
-        adapter = (
-            self.artifacts.fetch_served(source_id, bound.id, bound.served_epoch) if bound else None
-        )
+        adapter = self.artifacts.fetch_served(source_id, bound.id, epoch) if bound else None
         if adapter is None:
             raise JobFailed(
                 Code.FAILED_PRECONDITION,

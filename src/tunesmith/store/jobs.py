@@ -199,6 +199,7 @@ class JobQueue(StoreBase):
                 base_model=row.base_model,
                 source_tuned_model=row.source_tuned_model,
                 source_operation_id=row.source_operation_id,
+                source_served_epoch=row.source_served_epoch,
                 examples=[TuningExample(i, o) for i, o in json.loads(row.training_data)],
                 hyperparameters=Hyperparameters(hp.epoch_count, hp.batch_size, hp.learning_rate),
                 total_steps=row.total_steps,
@@ -330,9 +331,12 @@ class JobQueue(StoreBase):
                 )
             )
 
-    def forget_epoch_checkpoints(self, operation_id: str, epochs: list[int]) -> None:
+    def forget_epoch_checkpoints(
+        self, operation_id: str, worker_id: str, epochs: list[int]
+    ) -> None:
         """Drops the records of kept adapters (before their files are removed)."""
         with self._tx() as c:
+            self._held(c, operation_id, worker_id)
             c.execute(
                 delete(epoch_checkpoints).where(
                     epoch_checkpoints.c.operation_id == operation_id,

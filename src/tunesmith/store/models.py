@@ -66,11 +66,13 @@ class ModelStore(StoreBase):
         owner_email: str,
         quota: ProjectQuota,
         source_operation_id: str | None = None,
+        source_served_epoch: int | None = None,
         plan: EvaluationPlan | None = None,
     ) -> None:
         """The model, its owner's permission and its queued job, in one transaction: all or
         nothing. The project's quotas are checked inside the same transaction.
-        `source_operation_id` binds the exact adapter a job from a tuned model starts from;
+        `source_operation_id` and `source_served_epoch` bind the exact adapter a job from a
+        tuned model starts from;
         `plan` is how the job evaluates and which checkpoint it serves."""
         training_data = json.dumps([[e.text_input, e.output] for e in examples])
         plan = plan or EvaluationPlan()
@@ -82,6 +84,7 @@ class ModelStore(StoreBase):
                     total_steps=total_steps,
                     seed=seed,
                     source_operation_id=source_operation_id,
+                    source_served_epoch=source_served_epoch,
                     validation_data=json.dumps(validation) if validation else None,
                     evaluation_interval_steps=plan.interval_steps,
                     checkpoint_choice=int(plan.choice),

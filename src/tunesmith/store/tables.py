@@ -138,6 +138,7 @@ operations = Table(
     Column("source_tuned_model", String(200)),
     # The operation whose adapter a job starts from, bound when the job is accepted.
     Column("source_operation_id", String(64)),
+    Column("source_served_epoch", Integer),  # its chosen checkpoint when the job was accepted
     Column("training_data", Text, nullable=False),  # JSON list of [text_input, output]
     Column("total_steps", Integer, nullable=False),
     Column("completed_steps", Integer, nullable=False, default=0),

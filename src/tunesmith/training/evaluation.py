@@ -21,7 +21,7 @@ from tunesmith.training.lora import Pair, StepResult, answer_loss, collate
 from tunesmith.training.prompt import PromptCodec
 
 EVAL_BATCH = 8  # validation examples per forward pass of the loss
-EXTRA_ANSWER_TOKENS = 4  # greedy answers may run this far past the longest expected one
+EXTRA_ANSWER_TOKENS = 4  # a greedy answer may run this far past its expected one
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,17 @@ class Schedule:
 
 
 @torch.no_grad()
-def validation_loss(model: PeftModel, pairs: list[Pair], pad_id: int) -> float:
+def validation_loss(
+    model: PeftModel, pairs: list[Pair], pad_id: int, interrupt: Callable[[], None]
+) -> float:
     """The training loss (each example's mean answer-token loss), averaged over examples."""
     causal_lm = model.get_base_model()
     total = 0.0
     for start in range(0, len(pairs), EVAL_BATCH):
+        interrupt()
         chunk = pairs[start : start + EVAL_BATCH]
-        total += answer_loss(causal_lm, *collate(chunk, pad_id)).item() * len(chunk)
+        batch = (t.to(causal_lm.device) for t in collate(chunk, pad_id))
+        total += answer_loss(causal_lm, *batch).item() * len(chunk)
     return total / len(pairs)
 
 
@@ -60,7 +64,7 @@ def validation_loss(model: PeftModel, pairs: list[Pair], pad_id: int) -> float:
 def greedy_answer(model: PeftModel, prompt: list[int], limit: int, stops: set[int]) -> list[int]:
     """Temperature-0 answer tokens, up to `limit` or a stop token (not included)."""
     causal_lm = model.get_base_model()
-    ids, past, answer = torch.tensor([prompt]), None, []
+    ids, past, answer = torch.tensor([prompt], device=causal_lm.device), None, []
     for _ in range(limit):
         out = causal_lm.model(input_ids=ids, past_key_values=past, use_cache=True)
         past = out.past_key_values
@@ -68,19 +72,25 @@ def greedy_answer(model: PeftModel, prompt: list[int], limit: int, stops: set[in
         if token in stops:
             break
         answer.append(token)
-        ids = torch.tensor([[token]])
+        ids = torch.tensor([[token]], device=causal_lm.device)
     return answer
 
 
 def exact_match(
-    model: PeftModel, codec: PromptCodec, examples: list[TuningExample], pairs: list[Pair]
+    model: PeftModel,
+    codec: PromptCodec,
+    examples: list[TuningExample],
+    pairs: list[Pair],
+    interrupt: Callable[[], None],
 ) -> float:
-    """The share of examples whose greedy answer equals the expected output (stripped)."""
-    limit = max(len(answer) for _, answer in pairs) + EXTRA_ANSWER_TOKENS
+    """The share of examples whose greedy answer equals the expected output (stripped).
+    Each answer is decoded to its expected length and a few tokens more: a longer one
+    cannot match."""
     stops = set(codec.stop_token_ids)
     hits = 0
-    for example, (prompt, _) in zip(examples, pairs, strict=True):
-        tokens = greedy_answer(model, prompt, limit, stops)
+    for example, (prompt, expected) in zip(examples, pairs, strict=True):
+        interrupt()
+        tokens = greedy_answer(model, prompt, len(expected) + EXTRA_ANSWER_TOKENS, stops)
         text = codec.tokenizer.decode(
             tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
@@ -99,6 +109,7 @@ class EpochHook:
     schedule: Schedule
     on_evaluation: Callable[[Evaluation], None]
     on_epoch_end: Callable[[PeftModel, int, int], None]  # (model, epoch, step)
+    interrupt: Callable[[], None] = lambda: None  # raises to stop (cancel, lease lost)
     losses: dict[int, float] = field(default_factory=dict)  # step -> its mean loss
     _pairs: list[Pair] = field(default_factory=list)
 
@@ -120,8 +131,8 @@ class EpochHook:
         was_training = model.training
         model.eval()
         try:
-            loss = validation_loss(model, self._pairs, self.pad_id)
-            accuracy = exact_match(model, self.codec, self.validation, self._pairs)
+            loss = validation_loss(model, self._pairs, self.pad_id, self.interrupt)
+            accuracy = exact_match(model, self.codec, self.validation, self._pairs, self.interrupt)
         finally:
             model.train(was_training)
         return Evaluation(

@@ -23,6 +23,7 @@ def upgrade() -> None:
             sa.Column("checkpoint_choice", sa.Integer(), nullable=False, server_default="0")
         )
         batch.add_column(sa.Column("served_epoch", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("source_served_epoch", sa.Integer(), nullable=True))
     op.create_table(
         "evaluations",
         sa.Column("operation_id", sa.String(64), primary_key=True),
@@ -48,6 +49,7 @@ def downgrade() -> None:
     op.drop_table("evaluations")
     with op.batch_alter_table("operations") as batch:
         for column in (
+            "source_served_epoch",
             "served_epoch",
             "checkpoint_choice",
             "evaluation_interval_steps",
