@@ -1,8 +1,14 @@
 """Where adapters and checkpoints live: the one module that knows the artifact layout.
 
     {root}/adapters/{tuned_model_id}/{operation_id}/   a tuning operation's adapter
+    {root}/adapters/{tuned_model_id}/checkpoints/{operation_id}/{epoch}/
+                                                   the adapter kept at an epoch's end
     {root}/checkpoints/{operation_id}.pt               a running job's resumable state
                                                    (.tmp while it is written)
+
+Operation ids are 12 characters, so none is `checkpoints`. An epoch's adapter is written
+once (again only by a resumed job, with the same weights) and never changed after: a tuned
+model that serves another epoch serves another folder, so no cache serves a stale one.
 
 `root` is `TUNESMITH_ARTIFACT_URL`: by default the data dir, or any fsspec URL. A local or
 shared (NFS) directory is used in place, as the data dir is. A tuned model's adapters sit in
@@ -78,19 +84,51 @@ class Artifacts:
     def checkpoint(self, operation_id: str) -> Path:
         return self.checkpoints_root / f"{operation_id}.pt"
 
+    def epoch_adapters(self, tuned_model_id: str, operation_id: str) -> Path:
+        return self.model_dir(tuned_model_id) / "checkpoints" / operation_id
+
+    def epoch_adapter(self, tuned_model_id: str, operation_id: str, epoch: int) -> Path:
+        """Where the adapter kept at an epoch's end is read from on this machine."""
+        return self.epoch_adapters(tuned_model_id, operation_id) / str(epoch)
+
+    def epoch_staging(self, tuned_model_id: str, operation_id: str, epoch: int) -> Path:
+        """A new folder to write an epoch's adapter to before `keep_epoch` puts it in place
+        (its own name: a worker that lost the job may still be writing another)."""
+        folder = self.epoch_adapters(tuned_model_id, operation_id)
+        return folder / f".{epoch}.{uuid.uuid4().hex[:12]}.partial"
+
     # ------------------------------------------------------------ adapters
 
     def fetch_adapter(self, tuned_model_id: str, operation_id: str) -> Path | None:
         """A local folder with the whole adapter, downloaded first from object storage;
         None when the adapter is not (or not completely) stored."""
-        local = self.adapter(tuned_model_id, operation_id)
+        key = self.remote.adapter_key(tuned_model_id, operation_id) if self.remote else ""
+        return self._fetch(self.adapter(tuned_model_id, operation_id), key)
+
+    def fetch_epoch_adapter(
+        self, tuned_model_id: str, operation_id: str, epoch: int
+    ) -> Path | None:
+        """The adapter kept at an epoch's end, as `fetch_adapter` fetches the final one."""
+        key = self.remote.epoch_key(tuned_model_id, operation_id, epoch) if self.remote else ""
+        return self._fetch(self.epoch_adapter(tuned_model_id, operation_id, epoch), key)
+
+    def fetch_served(
+        self, tuned_model_id: str, operation_id: str, served_epoch: int | None
+    ) -> Path | None:
+        """The adapter an operation's model serves: the kept one of `served_epoch`, or
+        the final one (None)."""
+        if served_epoch is None:
+            return self.fetch_adapter(tuned_model_id, operation_id)
+        return self.fetch_epoch_adapter(tuned_model_id, operation_id, served_epoch)
+
+    def _fetch(self, local: Path, key: str) -> Path | None:
         if local.exists():
             return local
         if self.remote is None:
             return None
-        staging = local.parent / f".{operation_id}.{uuid.uuid4().hex}.download"
+        staging = local.parent / f".{local.name}.{uuid.uuid4().hex}.download"
         try:
-            if not self.remote.download_adapter(tuned_model_id, operation_id, staging):
+            if not self.remote.download_folder(key, staging):
                 return None
             with contextlib.suppress(OSError):  # another request finished the same download
                 os.replace(staging, local)
@@ -132,6 +170,31 @@ class Artifacts:
     def discard_staging(self, tuned_model_id: str, operation_id: str) -> None:
         shutil.rmtree(self.staging(tuned_model_id, operation_id), ignore_errors=True)
 
+    # ------------------------------------------------------------ epoch adapters
+
+    def keep_epoch(self, tuned_model_id: str, operation_id: str, epoch: int, staging: Path) -> None:
+        """Puts an epoch's staged adapter in place (replacing one a resumed job wrote)."""
+        if self.remote is not None:
+            key = self.remote.epoch_key(tuned_model_id, operation_id, epoch)
+            self.remote.upload_folder(staging, key)
+            shutil.rmtree(staging, ignore_errors=True)
+            folder = self.epoch_adapters(tuned_model_id, operation_id)
+            for empty in (folder, folder.parent, self.model_dir(tuned_model_id)):
+                with contextlib.suppress(OSError):  # not empty: this machine serves from it
+                    empty.rmdir()
+            return
+        final = self.epoch_adapter(tuned_model_id, operation_id, epoch)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+
+    def remove_epochs(self, tuned_model_id: str, operation_id: str, epochs: Iterable[int]) -> None:
+        for epoch in epochs:
+            path = self.epoch_adapter(tuned_model_id, operation_id, epoch)
+            shutil.rmtree(path, ignore_errors=True)
+            if self.remote is not None:
+                key = self.remote.epoch_key(tuned_model_id, operation_id, epoch)
+                self.remote.remove_folder(key)
+
     # ------------------------------------------------------------ checkpoints
 
     def resumable(self, operation_id: str) -> Checkpoint:
@@ -156,12 +219,16 @@ class Artifacts:
         """An operation's adapter, staged adapter and checkpoint; its model's folder too
         once nothing else is in it."""
         shutil.rmtree(self.adapter(tuned_model_id, operation_id), ignore_errors=True)
+        shutil.rmtree(self.epoch_adapters(tuned_model_id, operation_id), ignore_errors=True)
         self.discard_staging(tuned_model_id, operation_id)
         self.remove_checkpoint(operation_id)
+        with contextlib.suppress(OSError):  # other operations' epochs are in it
+            self.epoch_adapters(tuned_model_id, operation_id).parent.rmdir()
         with contextlib.suppress(OSError):  # not empty, or already gone
             self.model_dir(tuned_model_id).rmdir()
         if self.remote is not None:
             self.remote.remove_folder(self.remote.adapter_key(tuned_model_id, operation_id))
+            self.remote.remove_folder(self.remote.epochs_key(tuned_model_id, operation_id))
 
     def remove_model(self, tuned_model_id: str, operation_ids: Iterable[str]) -> None:
         """Every artifact of a deleted tuned model: its adapters and its jobs' checkpoints."""
@@ -184,22 +251,29 @@ class RemoteStore:
     def adapter_key(self, tuned_model_id: str, operation_id: str) -> str:
         return f"{self.model_key(tuned_model_id)}/{operation_id}"
 
+    def epochs_key(self, tuned_model_id: str, operation_id: str) -> str:
+        return f"{self.model_key(tuned_model_id)}/checkpoints/{operation_id}"
+
+    def epoch_key(self, tuned_model_id: str, operation_id: str, epoch: int) -> str:
+        return f"{self.epochs_key(tuned_model_id, operation_id)}/{epoch}"
+
     def checkpoint_key(self, operation_id: str) -> str:
         return f"{self.root}/checkpoints/{operation_id}.pt"
 
     def upload_adapter(self, folder: Path, tuned_model_id: str, operation_id: str) -> None:
+        self.upload_folder(folder, self.adapter_key(tuned_model_id, operation_id))
+
+    def upload_folder(self, folder: Path, key: str) -> None:
         """Uploads every file, then the manifest: a reader sees the whole adapter or none."""
-        key = self.adapter_key(tuned_model_id, operation_id)
         self.remove_file(f"{key}/{COMPLETE}")  # a retried upload: no reader mixes two
         files = {name: path.stat().st_size for name, path in _files(folder)}
         for name, path in _files(folder):
             self.fs.put_file(str(path), f"{key}/{name}")
         self.fs.pipe_file(f"{key}/{COMPLETE}", json.dumps({"files": files}).encode())
-        self.fs.invalidate_cache(self.model_key(tuned_model_id))
+        self.fs.invalidate_cache(key.rsplit("/", 1)[0])
 
-    def download_adapter(self, tuned_model_id: str, operation_id: str, dest: Path) -> bool:
+    def download_folder(self, key: str, dest: Path) -> bool:
         """Downloads a completely uploaded adapter into `dest`; False when there is none."""
-        key = self.adapter_key(tuned_model_id, operation_id)
         try:
             manifest = json.loads(self.fs.cat_file(f"{key}/{COMPLETE}"))
         except FileNotFoundError:

@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     job_lease_seconds: float = 30.0
     worker_poll_seconds: float = 1.0
     checkpoint_interval_seconds: float = 10.0
+    # Epoch-end adapters a job keeps (the most recent; and the best when it serves the best).
+    max_epoch_checkpoints: int = Field(10, ge=1)
     adapter_cache_size: int = 8
     # Continuous batching, per base model: rows (candidates) decoded together, requests
     # waiting beyond them (more: 429), and the longest a generation may queue and run.

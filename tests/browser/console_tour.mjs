@@ -1,6 +1,7 @@
 // A user's tour of the web console in Debian's Chromium, against a running server:
 // sign in, upload a dataset (a bad one first), see the model wait in the queue, cancel
-// the job that blocks it, watch the loss curve get points, reload, and try the playground.
+// the job that blocks it, watch the loss curve get points, reload, and try the playground;
+// then the page of a model tuned with validation examples, as its owner and as a reader.
 // tests/browser/test_console.py starts the server and runs this; the settings come in the
 // environment, and the last line of stdout is a JSON report that the test checks.
 
@@ -17,30 +18,72 @@ const settings = {
   badFile: process.env.BAD_EXAMPLES_FILE,
   artifacts: process.env.ARTIFACTS_DIR,
   chromium: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  validated: process.env.VALIDATED_MODEL_ID, // trained with validation examples, shared with:
+  readerKey: process.env.READER_API_KEY, // a user with the READER role on it
 };
 const MODEL_ID = "console-tour";
 const TIMEOUT_MS = 90_000;
 
 const report = { screenshots: [], consoleErrors: [], pointCounts: [] };
 const browser = await chromium.launch({ executablePath: settings.chromium });
-const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-page.setDefaultTimeout(TIMEOUT_MS);
-page.on("pageerror", (error) => report.consoleErrors.push(`page error: ${error.message}`));
-page.on("console", (message) => {
-  // Chromium logs every 4xx answer as "Failed to load resource"; the tour causes some on purpose.
-  if (message.type() === "error" && !message.text().startsWith("Failed to load resource")) {
-    report.consoleErrors.push(message.text());
-  }
-});
 
-async function screenshot(name) {
+/** A page whose errors land in `errors`. */
+async function newPage(errors) {
+  const opened = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  opened.setDefaultTimeout(TIMEOUT_MS);
+  opened.on("pageerror", (error) => errors.push(`page error: ${error.message}`));
+  opened.on("console", (message) => {
+    // Chromium logs every 4xx answer as "Failed to load resource"; the tour causes some on
+    // purpose, and the model page asks for the permissions a reader may not list.
+    if (message.type() === "error" && !message.text().startsWith("Failed to load resource")) {
+      errors.push(message.text());
+    }
+  });
+  return opened;
+}
+
+const page = await newPage(report.consoleErrors);
+
+async function screenshot(name, target = page) {
   const file = path.join(settings.artifacts, `${name}.png`);
-  await page.screenshot({ path: file, fullPage: true });
+  await target.screenshot({ path: file, fullPage: true });
   report.screenshots.push(file);
+}
+
+async function signIn(target, key) {
+  await target.goto(settings.url);
+  await target.getByLabel("API key").fill(key);
+  await target.getByRole("button", { name: "Sign in" }).click();
+  await target.getByRole("heading", { name: "Tuned models" }).waitFor();
 }
 
 const points = () => page.locator("svg.loss-chart").getAttribute("data-points").then(Number);
 const readout = () => page.locator(".chart-readout").textContent();
+const cellTexts = (rows) =>
+  rows.evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((cell) => cell.textContent)));
+const checkpointRows = (target) => target.locator(".card.checkpoints tbody tr");
+const servingEpoch = (target) =>
+  checkpointRows(target)
+    .filter({ has: target.locator(".badge", { hasText: "Serving" }) })
+    .locator("td")
+    .first()
+    .textContent();
+
+/** What the validated model's page shows, once its checkpoint list is there. */
+async function validationView(target) {
+  await checkpointRows(target).first().waitFor();
+  const chart = target.locator("svg.loss-chart");
+  return {
+    trainingCurves: await chart.locator("path.loss-line").count(),
+    validationCurves: await chart.locator("path.validation-line").count(),
+    points: Number(await chart.getAttribute("data-points")),
+    validationPoints: await chart.locator("circle.validation-point").count(),
+    legend: await target.locator(".chart-legend span").allTextContents(),
+    legendVisible: await target.locator(".chart-legend").isVisible(),
+    epochRows: await cellTexts(target.locator(".card.evaluations tbody tr")),
+    checkpointEpochs: await checkpointRows(target).locator("td:first-child").allTextContents(),
+  };
+}
 
 async function tour() {
   await mkdir(settings.artifacts, { recursive: true });
@@ -170,6 +213,36 @@ async function tour() {
   await page.locator(".answers li").first().waitFor();
   report.playgroundMeta = await page.locator(".answers li .answer-meta").allTextContents();
   await screenshot("10-playground");
+
+  // The model tuned with validation examples: training and validation loss as two curves
+  // with a legend, a row per epoch, and a checkpoint per epoch, the last one serving.
+  await page.goto(`${settings.url}/#/models/${settings.validated}`);
+  const validated = await validationView(page);
+  validated.servingBefore = await servingEpoch(page);
+  validated.serveButtonsBefore = await page.getByRole("button", { name: "Serve this" }).count();
+  await screenshot("11-validation");
+  // "Serve this" on the first epoch moves the mark there, and a reload shows it still there.
+  await checkpointRows(page).first().getByRole("button", { name: "Serve this" }).click();
+  await checkpointRows(page).first().locator(".badge", { hasText: "Serving" }).waitFor();
+  validated.servingAfter = await servingEpoch(page);
+  await screenshot("12-validation-served");
+  await page.reload();
+  await checkpointRows(page).first().waitFor();
+  validated.servingAfterReload = await servingEpoch(page);
+  report.validated = validated;
+
+  // A reader sees the same page without the button (the server would refuse it).
+  const readerErrors = [];
+  const readerPage = await newPage(readerErrors);
+  await signIn(readerPage, settings.readerKey);
+  await readerPage.goto(`${settings.url}/#/models/${settings.validated}`);
+  const asReader = await validationView(readerPage);
+  asReader.serving = await servingEpoch(readerPage);
+  asReader.serveButtons = await readerPage.getByRole("button", { name: "Serve this" }).count();
+  asReader.consoleErrors = readerErrors;
+  report.validatedAsReader = asReader;
+  await screenshot("13-validation-reader", readerPage);
+  await readerPage.close();
 
   // Deleting the cancelled job takes it off the list.
   await page.goto(`${settings.url}/#/models/${settings.blocker}`);

@@ -1,6 +1,8 @@
 """The web console in a real browser: console_tour.mjs drives Debian's Chromium through
 playwright-core (installed by `make test` with `npm ci`) against a live server on the tiny
-random model. Screenshots land in tests/artifacts/browser/."""
+random model. Screenshots land in tests/artifacts/browser/. Before the tour, a small job with
+validation examples trains to the end, so the tour can check the validation curve, the
+per-epoch table and the checkpoint list, as its owner and as a reader."""
 
 from __future__ import annotations
 
@@ -28,6 +30,11 @@ TOUR_ID = "console-tour"
 EXAMPLES = HERE / "fixtures" / "numbers.jsonl"  # 20 examples
 TOUR_EPOCHS = 6  # of batch size 1: 120 steps, several seconds of training on the tiny model
 TOUR_STEPS = 120
+VALIDATED_ID = "validated"
+VALIDATED_EPOCHS = 3  # of 8 examples in batches of 2: 4 steps an epoch
+VALIDATED_STEPS = 12
+EVALUATION_INTERVAL = 3  # steps 3, 6, 9 as well as the epoch ends 4, 8, 12
+READER = "reader@example.com"
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (`make system-deps` installs it)"
@@ -67,6 +74,41 @@ def run_in_slices(worker: subprocess.Popen, stop: threading.Event) -> None:
     worker.send_signal(signal.SIGCONT)
 
 
+def tune_with_validation(server: LiveServer) -> str:
+    """Creates a job with validation examples through the API, waits until it is ACTIVE and
+    shares it with a reader; answers the reader's API key."""
+    examples = [{"textInput": str(n), "output": str(n + 1)} for n in range(8)]
+    held_out = [{"textInput": str(n), "output": str(n + 1)} for n in range(20, 23)]
+    body = {
+        "baseModel": TINY,
+        "displayName": "Validated",
+        "tuningTask": {
+            "hyperparameters": {"epochCount": VALIDATED_EPOCHS, "batchSize": 2},
+            "trainingData": {"examples": {"examples": examples}},
+            "validationData": {"examples": {"examples": held_out}},
+            "evaluationIntervalSteps": EVALUATION_INTERVAL,
+        },
+    }
+    with server.client() as client:
+        created = client.post(
+            "/v1beta/tunedModels", params={"tunedModelId": VALIDATED_ID}, json=body
+        )
+        assert created.status_code == 200, created.text
+        deadline = time.monotonic() + 120
+        while (state := client.get(f"/v1beta/tunedModels/{VALIDATED_ID}").json()["state"]) != (
+            "ACTIVE"
+        ):
+            assert state == "CREATING" and time.monotonic() < deadline, state
+            time.sleep(0.3)
+        reader_key = server.new_api_key(READER)
+        shared = client.post(
+            f"/v1beta/tunedModels/{VALIDATED_ID}/permissions",
+            json={"granteeType": "USER", "emailAddress": READER, "role": "READER"},
+        )
+        assert shared.status_code == 200, shared.text
+    return reader_key
+
+
 def occupy_the_worker(server: LiveServer) -> None:
     """Starts a job long enough to keep the server's one worker busy until the tour
     cancels it, so that the tour's own model is queued first."""
@@ -92,7 +134,7 @@ def occupy_the_worker(server: LiveServer) -> None:
             time.sleep(0.2)
 
 
-def run_tour(server: LiveServer) -> tuple[subprocess.CompletedProcess, dict]:
+def run_tour(server: LiveServer, reader_key: str) -> tuple[subprocess.CompletedProcess, dict]:
     shutil.rmtree(ARTIFACTS, ignore_errors=True)  # only this run's screenshots
     ARTIFACTS.mkdir(parents=True)
     env = {
@@ -105,6 +147,8 @@ def run_tour(server: LiveServer) -> tuple[subprocess.CompletedProcess, dict]:
         "BAD_EXAMPLES_FILE": str(HERE / "fixtures" / "bad-examples.jsonl"),
         "ARTIFACTS_DIR": str(ARTIFACTS),
         "CHROMIUM": str(CHROMIUM),
+        "VALIDATED_MODEL_ID": VALIDATED_ID,
+        "READER_API_KEY": reader_key,
     }
     done = subprocess.run(
         ["node", "console_tour.mjs"], cwd=HERE, env=env, capture_output=True, text=True, timeout=300
@@ -118,8 +162,9 @@ def test_console_tour(console_server: LiveServer):
     assert (HERE / "node_modules" / "playwright-core").is_dir(), (
         "playwright-core is missing: `make test` installs it (or run `npm ci` in tests/browser)"
     )
+    reader_key = tune_with_validation(console_server)
     occupy_the_worker(console_server)
-    done, report = run_tour(console_server)
+    done, report = run_tour(console_server, reader_key)
     assert done.returncode == 0, (
         f"{report.get('failure', '')}\n{done.stderr[-3000:]}\nscreenshots: {ARTIFACTS}"
     )
@@ -174,10 +219,58 @@ def test_console_tour(console_server: LiveServer):
     assert "temperature 1.2 · max 8 tokens" in report["playgroundMeta"][0]
     assert "answer tokens" in report["playgroundMeta"][1]
 
-    assert report["listedAfterDelete"] == [TOUR_ID]
-    assert len(report["screenshots"]) == 10
+    assert sorted(report["listedAfterDelete"]) == [TOUR_ID, VALIDATED_ID]
+    assert len(report["screenshots"]) == 13
     assert all(Path(shot).stat().st_size > 10_000 for shot in report["screenshots"])
 
     with httpx.Client(base_url=console_server.url, headers=console_server.headers()) as client:
         model = client.get(f"/v1beta/tunedModels/{TOUR_ID}").json()
+        evaluations = client.get(f"/v1beta/tunedModels/{VALIDATED_ID}/evaluations").json()
+        checkpoints = client.get(f"/v1beta/tunedModels/{VALIDATED_ID}/checkpoints").json()
     assert model["state"] == "ACTIVE" and model["displayName"] == "Console tour"
+    check_validation_pages(report, evaluations["evaluations"], checkpoints["checkpoints"])
+
+
+def formatted(loss: float) -> str:
+    """A loss as the console writes it (4 significant digits, no trailing zeros)."""
+    return f"{float(f'{loss:.4g}')!r}".removesuffix(".0")
+
+
+def check_validation_pages(report: dict, evaluations: list[dict], checkpoints: list[dict]):
+    """The validated model's page, as its owner and as a reader, against the API's answers."""
+    validated = report["validated"]
+    # Two curves: the training loss per step, the validation loss per evaluation.
+    assert validated["trainingCurves"] == 1 and validated["validationCurves"] == 1
+    assert validated["points"] == VALIDATED_STEPS
+    assert validated["validationPoints"] == len(evaluations) == 6
+    assert validated["legend"] == ["training loss (per step)", "validation loss"]
+    assert validated["legendVisible"] is True
+    # One row per epoch, from the evaluation at the epoch's end (not a later one in the
+    # middle of the next epoch, which counts the same completed epochs).
+    epoch_ends = {e["epoch"]: e for e in reversed(evaluations) if e.get("epoch")}
+    assert sorted(epoch_ends) == list(range(1, VALIDATED_EPOCHS + 1))
+    assert validated["epochRows"] == [
+        [
+            str(epoch),
+            str(e["step"]),
+            formatted(e["validationLoss"]),
+            f"{round(e['exactMatch'] * 100)}%",
+        ]
+        for epoch, e in sorted(epoch_ends.items())
+    ]
+    assert [row[1] for row in validated["epochRows"]] == ["4", "8", "12"]
+    # One checkpoint per epoch; the last one served until "Serve this" picked the first.
+    assert validated["checkpointEpochs"] == ["1", "2", "3"]
+    assert validated["servingBefore"] == "3"
+    assert validated["serveButtonsBefore"] == 2
+    assert validated["servingAfter"] == "1"
+    assert validated["servingAfterReload"] == "1"
+    assert [c["epoch"] for c in checkpoints] == [1, 2, 3]
+    assert [c["epoch"] for c in checkpoints if c.get("serving")] == [1]
+    # A reader sees the same numbers, but no button to pick a checkpoint.
+    reader = report["validatedAsReader"]
+    assert reader["checkpointEpochs"] == ["1", "2", "3"]
+    assert reader["serving"] == "1"
+    assert reader["serveButtons"] == 0
+    assert reader["epochRows"] == validated["epochRows"]
+    assert reader["consoleErrors"] == []

@@ -211,6 +211,17 @@ METHODS = [
         ),
     ),
     Method("operations.cancel", "WRITER", False, lambda c, w: c.post(f"/v1/{w.operation}:cancel")),
+    Method("evaluations", "READER", True, lambda c, w: c.get(f"/v1beta/{w.model}/evaluations")),
+    Method("checkpoints", "READER", True, lambda c, w: c.get(f"/v1beta/{w.model}/checkpoints")),
+    Method(
+        "selectCheckpoint",
+        "WRITER",
+        False,
+        lambda c, w: c.post(
+            f"/v1beta/{w.model}:selectCheckpoint",
+            json={"checkpoint": f"{w.model}/checkpoints/1"},
+        ),
+    ),
     Method(
         "permissions.list", "WRITER", False, lambda c, w: c.get(f"/v1beta/{w.model}/permissions")
     ),

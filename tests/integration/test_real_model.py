@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
+
 import pytest
 
-from conftest import TUTORIAL_EXAMPLES, TUTORIAL_REQUESTS_BODY, LiveServer, wait_for_operation
+from conftest import (
+    BASE_MODEL_CACHE,
+    TUTORIAL_EXAMPLES,
+    TUTORIAL_REQUESTS_BODY,
+    LiveServer,
+    wait_for_operation,
+)
+from tunesmith.config import Settings
+from tunesmith.domain.quotas import ProjectQuota
+from tunesmith.domain.resources import (
+    EvaluationPlan,
+    Hyperparameters,
+    JobStatus,
+    TunedModel,
+    TunedModelState,
+    TuningExample,
+)
+from tunesmith.jobs.worker import Worker
+from tunesmith.store.db import make_engine, migrate
+from tunesmith.store.repository import Repository
+from tunesmith.training.base_models import Catalog
 
 HELD_OUT = [
     ("5", "6"), ("41", "42"), ("-10", "-9"), ("123", "124"), ("2,000", "2,001"),
@@ -47,3 +70,38 @@ def test_tutorial_job_on_gemma_answers_the_task(tmp_path):
             assert held_out >= 3, held_out
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_evaluation_numbers_on_gemma(tmp_path):
+    """A one-step job on the default base model, evaluated on 3 held-out examples: the
+    numbers are computed and in range (how good they are is the test above's business)."""
+    settings = Settings(data_dir=tmp_path / "data", base_model_dir=BASE_MODEL_CACHE)
+    settings.data_dir.mkdir(parents=True)
+    engine = make_engine(settings.sqlalchemy_url)
+    migrate(engine)
+    repo = Repository(engine)
+    repo.ensure_principal("owner", "owner@localhost")
+    now = datetime.now(UTC)
+    model = TunedModel(
+        id="gemma-evaluated", base_model=settings.default_base_model, display_name="",
+        description="", temperature=1.0, top_p=0.95, top_k=64, state=TunedModelState.CREATING,
+        create_time=now, update_time=now, hyperparameters=Hyperparameters(1, 8, 0.001),
+        owner_id="owner",
+    )  # fmt: skip
+    pairs = [TuningExample(i, o) for i, o in TUTORIAL_EXAMPLES]
+    plan = EvaluationPlan(pairs[8:11])
+    repo.create_tuned_model(
+        model, "op-gemma", pairs[:8], seed=1, total_steps=1, owner_email="owner@localhost",
+        quota=ProjectQuota(), plan=plan,
+    )  # fmt: skip
+    assert Worker(settings, repo, Catalog(settings)).run_once()
+    operation = repo.get_operation("gemma-evaluated", "op-gemma")
+    assert operation.status is JobStatus.SUCCEEDED, operation.error
+    evaluations = repo.operation_evaluations("op-gemma")
+    assert [(e.step, e.epoch, e.examples) for e in evaluations] == [(1, 1, 3)]
+    for evaluation in evaluations:
+        assert math.isfinite(evaluation.validation_loss) and evaluation.validation_loss >= 0
+        assert evaluation.training_loss is not None and math.isfinite(evaluation.training_loss)
+        assert 0.0 <= evaluation.exact_match <= 1.0
+    assert [c.epoch for c in repo.epoch_checkpoints("op-gemma")] == [1]

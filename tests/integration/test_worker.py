@@ -109,10 +109,10 @@ def test_a_job_whose_finish_always_fails_reaches_the_attempt_limit(settings):
     """An exception in the finishing code used to hand the attempt back every time."""
 
     class BrokenFinish(Repository):
-        def finish_job(self, operation_id, worker_id, status, error):
+        def finish_job(self, operation_id, worker_id, status, error, *args):
             if status is JobStatus.SUCCEEDED:
                 raise RuntimeError("a bug in the finishing code")
-            return super().finish_job(operation_id, worker_id, status, error)
+            return super().finish_job(operation_id, worker_id, status, error, *args)
 
     repo = make_repo(settings, BrokenFinish)
     queue_job(repo, "unlucky", epochs=1)

@@ -13,6 +13,7 @@ from tunesmith.api.auth import Credentials
 from tunesmith.api.polling import PollPacer
 from tunesmith.api.routes import (
     adapters,
+    checkpoints,
     console,
     generate,
     models,
@@ -84,6 +85,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(console.router)
     # Routes with a ':verb' suffix come before the plain ones that would also match them.
     for prefix in VERSIONS:
-        for module in (adapters, generate, permissions, operations, tuned_models, models):
+        for module in (
+            adapters,
+            checkpoints,
+            generate,
+            permissions,
+            operations,
+            tuned_models,
+            models,
+        ):
             app.include_router(module.router, prefix=prefix)
     return app

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tunesmith.artifacts import Artifacts
 from tunesmith.config import Settings
-from tunesmith.domain import names, tuning
+from tunesmith.domain import checkpoints, names, tuning
 from tunesmith.domain.access import (
     AccessFacts,
     Action,
@@ -23,10 +23,15 @@ from tunesmith.domain.access import (
 from tunesmith.domain.errors import Code, FieldViolation, ServiceError, invalid, not_found
 from tunesmith.domain.quotas import ProjectQuota, check_examples
 from tunesmith.domain.resources import (
+    CheckpointChoice,
+    EpochCheckpoint,
+    Evaluation,
+    EvaluationPlan,
     Hyperparameters,
     Operation,
     TunedModel,
     TunedModelState,
+    TuningExample,
     TuningSnapshot,
 )
 from tunesmith.domain.validation import (
@@ -99,6 +104,27 @@ def next_page_token(page: Page, more: bool, context: str) -> str | None:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
+@dataclass(frozen=True)
+class CheckpointList:
+    """A tuned model's kept epoch adapters, their evaluations, and the epoch it serves."""
+
+    checkpoints: list[EpochCheckpoint]
+    evaluations: list[Evaluation]
+    serving: int | None
+
+
+def evaluation_plan(
+    request: CreateTunedModel, seed: int
+) -> tuple[list[TuningExample], EvaluationPlan]:
+    """The examples the job trains on, and how it evaluates: on the validation examples
+    given, or on a share of the training examples held out (chosen by the seed)."""
+    examples, validation = request.examples, request.validation_examples or []
+    if request.validation_split is not None:
+        examples, validation = tuning.hold_out(examples, request.validation_split, seed)
+    choice = request.checkpoint_choice or CheckpointChoice.LAST
+    return examples, EvaluationPlan(validation, request.evaluation_interval_steps or 0, choice)
+
+
 class TuningService:
     def __init__(
         self, settings: Settings, repo: Repository, catalog: Catalog, engine: Engine
@@ -130,9 +156,12 @@ class TuningService:
     # ------------------------------------------------------------ tuned models
 
     def create(self, caller: Principal, request: CreateTunedModel) -> Operation:
-        check_examples(len(request.examples), self.settings.quota_examples_per_job)
-        base_name, defaults, source_operation = self._source(caller, request)
-        n = len(request.examples)
+        given = len(request.examples) + len(request.validation_examples or [])
+        check_examples(given, self.settings.quota_examples_per_job)
+        base_name, defaults, source = self._source(caller, request)
+        seed = secrets.randbelow(2**31) if request.seed is None else request.seed
+        examples, plan = evaluation_plan(request, seed)
+        n = len(examples)
         epochs = request.epoch_count or tuning.DEFAULT_EPOCH_COUNT
         batch = request.batch_size or tuning.default_batch_size(n)
         rate = request.learning_rate or (
@@ -158,16 +187,17 @@ class TuningService:
         )
         steps = tuning.total_steps(n, epochs, batch)
         operation_id = names.operation_id()
-        seed = secrets.randbelow(2**31)
         self.repo.create_tuned_model(
             model,
             operation_id,
-            request.examples,
+            examples,
             seed,
             steps,
             caller.email,
             self.quota,
-            source_operation_id=source_operation,
+            source_operation_id=source.id if source else None,
+            source_served_epoch=source.served_epoch if source else None,
+            plan=plan,
         )
         operation = self.repo.get_operation(model.id, operation_id)
         assert operation is not None
@@ -175,10 +205,11 @@ class TuningService:
 
     def _source(
         self, caller: Principal, request: CreateTunedModel
-    ) -> tuple[str, tuple[float, float, int], str | None]:
+    ) -> tuple[str, tuple[float, float, int], Operation | None]:
         """The base model name, the sampling defaults the new model inherits, and for a
-        tuned source the operation whose adapter the job will start from: bound now, so
-        the job starts from exactly the model the caller was allowed to read."""
+        tuned source the operation whose served adapter the job will start from: bound now
+        (with its chosen checkpoint), so the job starts from exactly the model the caller
+        was allowed to read."""
         if request.source_tuned_model:
             source = self.get(caller, request.source_tuned_model.removeprefix("tunedModels/"))
             operations = self.repo.list_operations(source.id)
@@ -189,7 +220,7 @@ class TuningService:
                     "model can be the source of another.",
                 )
             defaults = (source.temperature, source.top_p, source.top_k)
-            return source.base_model, defaults, operations[-1].id
+            return source.base_model, defaults, operations[-1]
         assert request.base_model is not None
         entry = self.catalog.get(request.base_model)
         if entry is None:
@@ -242,9 +273,51 @@ class TuningService:
 
     def adapter_of(self, model_id: str) -> Path | None:
         """The local folder of the adapter a tuned model serves: its last tuning
-        operation's; None when it is missing."""
+        operation's (the epoch chosen of it, if one was); None when it is missing."""
         operations = self.repo.list_operations(model_id)
-        return self.artifacts.fetch_adapter(model_id, operations[-1].id) if operations else None
+        if not operations:
+            return None
+        last = operations[-1]
+        return self.artifacts.fetch_served(model_id, last.id, last.served_epoch)
+
+    # ------------------------------------------------------------ evaluations, checkpoints
+
+    def evaluations(self, caller: Principal, model_id: str) -> list[Evaluation]:
+        """The evaluations of the model's last tuning job, by step."""
+        self.get(caller, model_id)
+        operations = self.repo.list_operations(model_id)
+        return self.repo.operation_evaluations(operations[-1].id) if operations else []
+
+    def checkpoints(self, caller: Principal, model_id: str) -> CheckpointList:
+        self.get(caller, model_id)
+        return self._checkpoints(model_id)
+
+    def _checkpoints(self, model_id: str) -> CheckpointList:
+        operations = self.repo.list_operations(model_id)
+        if not operations:
+            return CheckpointList([], [], None)
+        last = operations[-1]
+        kept = self.repo.epoch_checkpoints(last.id)
+        evaluations = self.repo.operation_evaluations(last.id)
+        return CheckpointList(kept, evaluations, checkpoints.serving_epoch(last, kept))
+
+    def select_checkpoint(self, caller: Principal, model_id: str, epoch: int) -> CheckpointList:
+        """Makes the model serve the adapter kept at `epoch`, from the next request on."""
+        authorize_model(self.repo, caller, model_id, Action.WRITE)
+        model = self.repo.get_tuned_model(model_id)
+        if model is None:
+            raise model_missing(model_id)
+        if model.state != TunedModelState.ACTIVE:
+            raise ServiceError(
+                Code.FAILED_PRECONDITION,
+                f"Tuned model {model.name} is {model.state.name}; only an ACTIVE tuned model "
+                "can serve another checkpoint.",
+            )
+        operations = self.repo.list_operations(model_id)
+        name = f"{model.name}/checkpoints/{epoch}"
+        if not operations or not self.repo.serve_epoch(model_id, operations[-1].id, epoch):
+            raise not_found(f"Checkpoint {name} does not exist.")
+        return self._checkpoints(model_id)
 
     # ------------------------------------------------------------ operations
 

@@ -21,6 +21,9 @@ import pyjson5
 from tunesmith.domain.access import GranteeType, Permission, Role
 from tunesmith.domain.errors import FieldViolation, ServiceError, invalid
 from tunesmith.domain.resources import (
+    CheckpointChoice,
+    EpochCheckpoint,
+    Evaluation,
     Operation,
     TunedModel,
     TunedModelState,
@@ -35,6 +38,7 @@ from tunesmith.domain.validation import (
     TunedModelUpdate,
     Violations,
     check_descriptive,
+    check_evaluation,
     check_examples,
     check_grant,
     check_hyperparameters,
@@ -196,6 +200,7 @@ ENUMS: dict[str, type[IntEnum]] = {
     "TunedModelState": TunedModelState,
     "GranteeType": GranteeType,
     "Role": Role,
+    "CheckpointChoice": CheckpointChoice,
 }
 
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -221,6 +226,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "snapshots": Repeated("TuningSnapshot"),
         "trainingData": "Dataset",
         "hyperparameters": "Hyperparameters",
+        # Tunesmith extensions (input only; never in a response): README "Tunesmith
+        # extensions to the API".
+        "validationData": "Dataset",
+        "validationSplit": FLOAT,
+        "evaluationIntervalSteps": INT32,
+        "checkpointChoice": "CheckpointChoice",
+        "seed": INT32,
     },
     "Hyperparameters": {
         "learningRate": FLOAT,
@@ -276,6 +288,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "imageConfig": "Any",
     },
     "TransferOwnershipRequest": {"emailAddress": STRING},
+    "SelectCheckpointRequest": {"checkpoint": STRING},
     "Permission": {
         "name": STRING,
         "granteeType": "GranteeType",
@@ -449,15 +462,20 @@ def read_integer(text: str, kind: str, path: str) -> int:
 # ---------------------------------------------------------------- request decoders
 
 
+def _examples(dataset: dict[str, Any] | None) -> list[TuningExample]:
+    return [
+        TuningExample(e.get("textInput", ""), e.get("output", ""))
+        for e in (dataset or {}).get("examples", {}).get("examples", [])
+    ]
+
+
 def decode_create(body: dict[str, Any], tuned_model_id: str | None) -> CreateTunedModel:
     data = read_message(body, "TunedModel")
     task = data.get("tuningTask", {})
     hp = task.get("hyperparameters", {})
     dataset = task.get("trainingData")
-    examples = [
-        TuningExample(e.get("textInput", ""), e.get("output", ""))
-        for e in (dataset or {}).get("examples", {}).get("examples", [])
-    ]
+    examples = _examples(dataset)
+    validation = task.get("validationData")
     request = CreateTunedModel(
         tuned_model_id=tuned_model_id or None,
         base_model=data.get("baseModel") or None,
@@ -473,6 +491,11 @@ def decode_create(body: dict[str, Any], tuned_model_id: str | None) -> CreateTun
         learning_rate=hp.get("learningRate"),
         learning_rate_multiplier=hp.get("learningRateMultiplier"),
         reader_project_numbers=data.get("readerProjectNumbers", []),
+        validation_examples=None if validation is None else _examples(validation),
+        validation_split=task.get("validationSplit"),
+        evaluation_interval_steps=task.get("evaluationIntervalSteps"),
+        checkpoint_choice=task.get("checkpointChoice"),
+        seed=task.get("seed"),
     )
     v = Violations()
     check_tuned_model_id(v, request.tuned_model_id)
@@ -481,8 +504,27 @@ def decode_create(body: dict[str, Any], tuned_model_id: str | None) -> CreateTun
     check_sampling(v, "", request.temperature, request.top_p, request.top_k, 1.0)
     check_examples(v, examples, dataset is not None)
     check_hyperparameters(v, request)
+    check_evaluation(v, request)
     v.raise_if_any()
     return request
+
+
+def decode_select_checkpoint(body: dict[str, Any], model_id: str) -> int:
+    """selectCheckpoint's epoch, from `checkpoint`: tunedModels/{id}/checkpoints/{epoch}."""
+    name = read_message(body, "SelectCheckpointRequest").get("checkpoint", "")
+    prefix = f"tunedModels/{model_id}/checkpoints/"
+    epoch = name.removeprefix(prefix)
+    if not name.startswith(prefix) or not re.fullmatch(r"[1-9][0-9]{0,8}", epoch):
+        raise invalid(
+            [
+                FieldViolation(
+                    "checkpoint",
+                    f"checkpoint must name one of this model's checkpoints: {prefix}{{epoch}}, "
+                    f"got '{name}'",
+                )
+            ]
+        )
+    return int(epoch)
 
 
 UPDATABLE = {
@@ -712,6 +754,51 @@ def tuned_model_json(model: TunedModel) -> dict[str, Any]:
     if model.reader_project_numbers:
         data["readerProjectNumbers"] = [str(n) for n in model.reader_project_numbers]
     return data
+
+
+def evaluation_json(evaluation: Evaluation) -> dict[str, Any]:
+    """One evaluation (a Tunesmith extension resource)."""
+    data: dict[str, Any] = {"step": evaluation.step}
+    if evaluation.epoch:
+        data["epoch"] = evaluation.epoch
+    if evaluation.training_loss is not None:
+        data["trainingLoss"] = evaluation.training_loss
+    data["validationLoss"] = evaluation.validation_loss
+    data["exactMatch"] = evaluation.exact_match
+    data["examples"] = evaluation.examples
+    data["createTime"] = timestamp(evaluation.create_time)
+    return data
+
+
+def evaluations_json(evaluations: list[Evaluation]) -> dict[str, Any]:
+    return {"evaluations": [evaluation_json(e) for e in evaluations]} if evaluations else {}
+
+
+def checkpoints_json(
+    model_id: str,
+    checkpoints: list[EpochCheckpoint],
+    evaluations: list[Evaluation],
+    serving: int | None,
+) -> dict[str, Any]:
+    """A tuned model's epoch checkpoints, each with its evaluation when it has one; `serving`
+    is the epoch whose adapter the model serves."""
+    by_step = {e.step: e for e in evaluations}
+    items = []
+    for checkpoint in checkpoints:
+        data: dict[str, Any] = {
+            "name": f"tunedModels/{model_id}/checkpoints/{checkpoint.epoch}",
+            "epoch": checkpoint.epoch,
+            "step": checkpoint.step,
+        }
+        evaluation = by_step.get(checkpoint.step)
+        if evaluation is not None:
+            data["validationLoss"] = evaluation.validation_loss
+            data["exactMatch"] = evaluation.exact_match
+        if checkpoint.epoch == serving:
+            data["serving"] = True
+        data["createTime"] = timestamp(checkpoint.create_time)
+        items.append(data)
+    return {"checkpoints": items} if items else {}
 
 
 def permission_json(permission: Permission) -> dict[str, Any]:

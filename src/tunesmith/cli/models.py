@@ -21,7 +21,9 @@ from tunesmith.cli.client import (
 )
 from tunesmith.cli.common import JSON_OPTION
 
-models_app = typer.Typer(help="Tuned models: list, get, update, delete.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Tuned models: list, get, update, delete, checkpoints.", no_args_is_help=True
+)
 
 
 @models_app.command("list")
@@ -56,12 +58,91 @@ def list_models(
 def get_model(
     model: str = typer.Argument(..., help="tunedModels/ID or ID"), as_json: bool = JSON_OPTION
 ) -> None:
-    """A tuned model's details."""
-    found = connect().get(f"/tunedModels/{tuned_model_id(model)}")
+    """A tuned model's details, with its evaluations and checkpoints when it has them."""
+    client = connect()
+    path = f"/tunedModels/{tuned_model_id(model)}"
+    found = client.get(path)
+    if as_json:
+        print_json(found)
+        return
+    console.print(_details(found))
+    evaluations = client.get(f"{path}/evaluations").get("evaluations", [])
+    if evaluations:
+        console.print("\n[bold]Evaluations[/bold]")
+        print_table(EVALUATION_COLUMNS, [_evaluation_row(e) for e in evaluations], "")
+    checkpoints = client.get(f"{path}/checkpoints").get("checkpoints", [])
+    if checkpoints:
+        console.print("\n[bold]Checkpoints[/bold]")
+        _print_checkpoints(checkpoints)
+
+
+@models_app.command("checkpoints")
+@reports_errors
+def list_checkpoints(
+    model: str = typer.Argument(..., help="tunedModels/ID or ID"), as_json: bool = JSON_OPTION
+) -> None:
+    """The adapters kept at epoch ends; the one marked serving answers generateContent."""
+    found = connect().get(f"/tunedModels/{tuned_model_id(model)}/checkpoints")
     if as_json:
         print_json(found)
     else:
-        console.print(_details(found))
+        _print_checkpoints(found.get("checkpoints", []))
+
+
+@models_app.command("select-checkpoint")
+@reports_errors
+def select_checkpoint(
+    model: str = typer.Argument(..., help="tunedModels/ID or ID"),
+    epoch: int = typer.Argument(..., min=1, help="The epoch whose adapter to serve"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Serve the adapter kept at the end of EPOCH from the next request on."""
+    name = f"tunedModels/{tuned_model_id(model)}"
+    found = connect().post(
+        f"/{name}:selectCheckpoint", {"checkpoint": f"{name}/checkpoints/{epoch}"}
+    )
+    if as_json:
+        print_json(found)
+        return
+    console.print(f"{name} now serves its checkpoint of epoch {epoch}.")
+    _print_checkpoints(found.get("checkpoints", []))
+
+
+EVALUATION_COLUMNS = ["Epoch", "Step", "Train loss", "Val loss", "Exact match"]
+CHECKPOINT_COLUMNS = ["Epoch", "Step", "Val loss", "Exact match", "Serving", "Created (UTC)"]
+
+
+def _loss(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _share(value: float | None) -> str:
+    return "" if value is None else f"{value:.0%}"
+
+
+def _evaluation_row(evaluation: dict[str, Any]) -> list[str]:
+    return [
+        str(evaluation.get("epoch", 0)),
+        str(evaluation["step"]),
+        _loss(evaluation.get("trainingLoss")),
+        _loss(evaluation.get("validationLoss")),
+        _share(evaluation.get("exactMatch")),
+    ]
+
+
+def _print_checkpoints(checkpoints: list[dict[str, Any]]) -> None:
+    rows = [
+        [
+            str(c["epoch"]),
+            str(c["step"]),
+            _loss(c.get("validationLoss")),
+            _share(c.get("exactMatch")),
+            "[green]serving[/green]" if c.get("serving") else "",
+            short_time(c.get("createTime")),
+        ]
+        for c in checkpoints
+    ]
+    print_table(CHECKPOINT_COLUMNS, rows, "No checkpoints.")
 
 
 @models_app.command("update")

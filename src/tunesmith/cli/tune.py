@@ -47,16 +47,34 @@ def tune(
     ),
     display_name: str = typer.Option("", help="A name to show"),
     description: str = typer.Option("", help="A description"),
+    validation: Path | None = typer.Option(
+        None, help="Validation examples, in the training file's formats", show_default=False
+    ),
+    validation_split: float | None = typer.Option(
+        None, help="Hold out this share (0 < x <= 0.5) of the examples for validation"
+    ),
+    seed: int | None = typer.Option(None, min=0, help="Training seed (default: random)"),
+    best: bool = typer.Option(
+        False, "--best", help="Serve the epoch with the lowest validation loss, not the last"
+    ),
+    eval_every: int | None = typer.Option(
+        None, min=1, help="Evaluate every N steps too (default: at epoch ends)"
+    ),
     detach: bool = typer.Option(False, help="Start tuning and return at once"),
     as_json: bool = typer.Option(False, "--json", help="Print the tuned model as JSON"),
 ) -> None:
     """Tune a model on a file of examples, with a live progress bar until it is ACTIVE."""
-    examples = load_examples(data)
+    files = {"trainingData": (data, load_examples(data))}
+    if validation is not None:
+        files["validationData"] = (validation, load_examples(validation))
     client = connect()
-    body = _create_body(examples, base, epochs, batch_size, learning_rate, display_name)
+    body = _create_body(
+        files["trainingData"][1], base, epochs, batch_size, learning_rate, display_name
+    )
     if description:
         body["description"] = description
-    operation = _create(client, body, model_id, examples, data)
+    body["tuningTask"].update(_evaluation_fields(files, validation_split, seed, best, eval_every))
+    operation = _create(client, body, model_id, files)
     name = operation["name"]
     if detach:
         if as_json:
@@ -93,36 +111,64 @@ def _create_body(
     return {
         "displayName": display_name,
         "baseModel": base or local_settings().default_base_model,
-        "tuningTask": {
-            "hyperparameters": hyperparameters,
-            "trainingData": {
-                "examples": {
-                    "examples": [{"textInput": e.text_input, "output": e.output} for e in examples]
-                }
-            },
-        },
+        "tuningTask": {"hyperparameters": hyperparameters, "trainingData": _dataset(examples)},
     }
+
+
+def _dataset(examples: list[Example]) -> dict[str, Any]:
+    return {
+        "examples": {
+            "examples": [{"textInput": e.text_input, "output": e.output} for e in examples]
+        }
+    }
+
+
+def _evaluation_fields(
+    files: dict[str, tuple[Path, list[Example]]],
+    validation_split: float | None,
+    seed: int | None,
+    best: bool,
+    eval_every: int | None,
+) -> dict[str, Any]:
+    """The tuningTask extensions (README: "Tunesmith extensions to the API") asked for."""
+    fields: dict[str, Any] = {}
+    if "validationData" in files:
+        fields["validationData"] = _dataset(files["validationData"][1])
+    for key, value in (
+        ("validationSplit", validation_split),
+        ("seed", seed),
+        ("evaluationIntervalSteps", eval_every),
+        ("checkpointChoice", "BEST_VALIDATION_LOSS" if best else None),
+    ):
+        if value is not None:
+            fields[key] = value
+    return fields
 
 
 def _create(
     client: Client,
     body: dict[str, Any],
     model_id: str | None,
-    examples: list[Example],
-    data: Path,
+    files: dict[str, tuple[Path, list[Example]]],
 ) -> dict[str, Any]:
-    """The create operation; a refused example is reported at its line in the file."""
+    """The create operation; a refused example is reported at its line in its file."""
     try:
         return client.post("/tunedModels", body, tunedModelId=model_id)
     except ApiError as error:
-        error.violations = [_at_line(w, d, examples, data) for w, d in error.violations]
+        error.violations = [_at_line(w, d, files) for w, d in error.violations]
         raise
 
 
-def _at_line(where: str, description: str, examples: list[Example], data: Path) -> tuple[str, str]:
+def _at_line(
+    where: str, description: str, files: dict[str, tuple[Path, list[Example]]]
+) -> tuple[str, str]:
     match = EXAMPLE_FIELD.search(where)
-    if match and int(match[1]) < len(examples):
-        return f"{data}:{examples[int(match[1])].line}", description
+    dataset = "validationData" if "validationData" in where else "trainingData"
+    if match is None or dataset not in files:
+        return where, description
+    path, examples = files[dataset]
+    if int(match[1]) < len(examples):
+        return f"{path}:{examples[int(match[1])].line}", description
     return where, description
 
 

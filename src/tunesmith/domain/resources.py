@@ -48,6 +48,46 @@ class Hyperparameters:
     learning_rate: float  # the rate actually used (multiplier already applied)
 
 
+class CheckpointChoice(IntEnum):
+    """Which epoch's adapter a tuned model serves when its job ends (a Tunesmith extension)."""
+
+    CHECKPOINT_CHOICE_UNSPECIFIED = 0  # LAST
+    LAST = 1
+    BEST_VALIDATION_LOSS = 2
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """How a job evaluates and which checkpoint it serves: stored with the job, so a
+    resumed job evaluates the same way. No validation examples: no evaluation."""
+
+    validation: list[TuningExample] = field(default_factory=list)
+    interval_steps: int = 0  # 0: at epoch ends (and the last step) only
+    choice: CheckpointChoice = CheckpointChoice.LAST
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The validation metrics of a job at one step."""
+
+    step: int
+    epoch: int
+    training_loss: float | None  # mean of the epoch's step losses so far
+    validation_loss: float
+    exact_match: float  # share of greedy answers equal to the expected output, 0..1
+    examples: int
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class EpochCheckpoint:
+    """The adapter kept at an epoch's end."""
+
+    epoch: int
+    step: int
+    create_time: datetime
+
+
 @dataclass(frozen=True)
 class TuningSnapshot:
     step: int
@@ -101,6 +141,7 @@ class Operation:
     total_steps: int
     completed_steps: int
     error: JobError | None = None
+    served_epoch: int | None = None  # the kept epoch adapter served; None: the final one
 
     @property
     def name(self) -> str:
@@ -126,3 +167,5 @@ class ClaimedJob:
     seed: int
     attempt: int
     cancel_requested: bool = False
+    plan: EvaluationPlan = field(default_factory=EvaluationPlan)
+    source_served_epoch: int | None = None  # the source's chosen checkpoint, bound with it

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import random
+
+from tunesmith.domain.resources import TuningExample
 
 DEFAULT_EPOCH_COUNT = 5
 # The proto says the defaults depend on the example count; the threshold is ours.
@@ -33,3 +36,19 @@ def batch_bounds(step: int, batch_size: int, stream_length: int) -> tuple[int, i
     """[start, end) of step's batch in the epoch stream; the last batch may be short."""
     start = (step - 1) * batch_size
     return start, min(start + batch_size, stream_length)
+
+
+# Validation examples a job evaluates on: each evaluation decodes every one of them greedily.
+MAX_VALIDATION_EXAMPLES = 1000
+
+
+def hold_out(
+    examples: list[TuningExample], share: float, seed: int
+) -> tuple[list[TuningExample], list[TuningExample]]:
+    """(training, validation): `share` of the examples (rounded, at least 1, leaving at
+    least 1 to train on, at most MAX_VALIDATION_EXAMPLES) held out for validation, chosen
+    by `seed`; both keep the order the examples were given in."""
+    count = min(max(1, round(len(examples) * share)), len(examples) - 1, MAX_VALIDATION_EXAMPLES)
+    held = set(random.Random(seed).sample(range(len(examples)), count))
+    training = [e for i, e in enumerate(examples) if i not in held]
+    return training, [e for i, e in enumerate(examples) if i in held]

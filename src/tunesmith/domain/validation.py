@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from tunesmith.domain.access import GranteeType, Role
 from tunesmith.domain.errors import FieldViolation, invalid
-from tunesmith.domain.resources import TuningExample, Turn
+from tunesmith.domain.resources import CheckpointChoice, TuningExample, Turn
+from tunesmith.domain.tuning import MAX_VALIDATION_EXAMPLES
 
 TUNED_MODEL_ID = re.compile(r"[a-z]([a-z0-9-]{0,38}[a-z0-9])?")
 MAX_DISPLAY_NAME = 40
@@ -17,6 +18,7 @@ MAX_OUTPUT_CHARS = 5_000
 MAX_EXAMPLES = 100_000
 EPOCH_RANGE = (1, 1000)
 BATCH_RANGE = (1, 256)
+MAX_VALIDATION_SPLIT = 0.5
 MAX_STOP_SEQUENCES = 5
 MAX_CANDIDATES = 8
 
@@ -39,6 +41,12 @@ class CreateTunedModel:
     learning_rate: float | None
     learning_rate_multiplier: float | None
     reader_project_numbers: list[int] = field(default_factory=list)
+    # Tunesmith extensions of tuningTask (README: "Tunesmith extensions to the API").
+    validation_examples: list[TuningExample] | None = None  # None: no validationData given
+    validation_split: float | None = None
+    evaluation_interval_steps: int | None = None
+    checkpoint_choice: CheckpointChoice | None = None
+    seed: int | None = None
 
 
 @dataclass
@@ -114,7 +122,6 @@ def check_descriptive(v: Violations, display_name: str | None, description: str 
 
 
 def check_examples(v: Violations, examples: list[TuningExample], present: bool) -> None:
-    path = "tuningTask.trainingData.examples.examples"
     if not present:
         v.check(
             False,
@@ -123,6 +130,11 @@ def check_examples(v: Violations, examples: list[TuningExample], present: bool) 
             "tuningTask.trainingData.examples.examples[] of {textInput, output}",
         )
         return
+    check_example_list(v, examples, "tuningTask.trainingData.examples.examples")
+
+
+def check_example_list(v: Violations, examples: list[TuningExample], path: str) -> None:
+    """The rules every example meets, training or validation, named under `path`."""
     v.check(bool(examples), path, f"{path} must hold at least one example")
     v.check(len(examples) <= MAX_EXAMPLES, path, f"{path} holds more than {MAX_EXAMPLES} examples")
     for i, example in enumerate(examples):
@@ -174,6 +186,58 @@ def check_hyperparameters(v: Violations, request: CreateTunedModel) -> None:
             f"{path}.learningRateMultiplier must be in (0, 100], "
             f"got {request.learning_rate_multiplier}",
         )
+
+
+def check_evaluation(v: Violations, request: CreateTunedModel) -> None:
+    """The rules of the validation extensions of tuningTask."""
+    path = "tuningTask"
+    validation = request.validation_examples
+    split = request.validation_split
+    if validation is not None:
+        check_example_list(v, validation, f"{path}.validationData.examples.examples")
+        v.check(
+            len(validation) <= MAX_VALIDATION_EXAMPLES,
+            f"{path}.validationData.examples.examples",
+            f"{path}.validationData holds {len(validation)} examples; at most "
+            f"{MAX_VALIDATION_EXAMPLES} are evaluated, each at every evaluation",
+        )
+    if split is not None:
+        v.check(
+            validation is None,
+            f"{path}.validationSplit",
+            f"{path}: set validationData or validationSplit, not both",
+        )
+        v.check(
+            0.0 < split <= MAX_VALIDATION_SPLIT,
+            f"{path}.validationSplit",
+            f"{path}.validationSplit must be in (0, {MAX_VALIDATION_SPLIT}], got {split}",
+        )
+        v.check(
+            len(request.examples) >= 2,
+            f"{path}.validationSplit",
+            f"{path}.validationSplit needs at least 2 training examples: one to hold out "
+            "and one to train on",
+        )
+    evaluated = validation is not None or split is not None
+    if request.evaluation_interval_steps is not None:
+        v.check(
+            request.evaluation_interval_steps >= 0,
+            f"{path}.evaluationIntervalSteps",
+            f"{path}.evaluationIntervalSteps must be 0 or more, "
+            f"got {request.evaluation_interval_steps}",
+        )
+        v.check(
+            evaluated or request.evaluation_interval_steps == 0,
+            f"{path}.evaluationIntervalSteps",
+            f"{path}.evaluationIntervalSteps needs validationData or validationSplit",
+        )
+    v.check(
+        evaluated or request.checkpoint_choice != CheckpointChoice.BEST_VALIDATION_LOSS,
+        f"{path}.checkpointChoice",
+        f"{path}.checkpointChoice BEST_VALIDATION_LOSS needs validationData or validationSplit",
+    )
+    if request.seed is not None:
+        v.check(request.seed >= 0, f"{path}.seed", f"{path}.seed must be 0 or more")
 
 
 def check_source(v: Violations, request: CreateTunedModel) -> None:

@@ -16,14 +16,18 @@ import uuid
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from safetensors.torch import load_file
 
 from tunesmith.artifacts import Artifacts
 from tunesmith.config import Settings
+from tunesmith.domain import checkpoints
 from tunesmith.domain.errors import Code
 from tunesmith.domain.resources import (
     CANCELLED_ERROR,
     ClaimedJob,
+    EpochCheckpoint,
+    Evaluation,
     JobError,
     JobStatus,
     TuningSnapshot,
@@ -33,6 +37,7 @@ from tunesmith.store.jobs import JobQueue, LeaseLost
 from tunesmith.store.retry import is_transient, retry_transient
 from tunesmith.store.rows import utcnow
 from tunesmith.training.base_models import Catalog, LoadedBaseModel, load_base_model
+from tunesmith.training.evaluation import EpochHook, Schedule
 from tunesmith.training.lora import StepResult, train_lora
 
 log = logging.getLogger(__name__)
@@ -180,7 +185,10 @@ class Worker:
             return self._finish(job, JobStatus.FAILED, JobError(Code.INTERNAL.rpc_code, message))
         if not self.artifacts.publish(job.tuned_model_id, job.operation_id):
             raise LeaseLost(job.operation_id)  # the model was deleted while its adapter saved
-        self._finish(job, JobStatus.SUCCEEDED, None)
+        kept = self.repo.epoch_checkpoints(job.operation_id)
+        evaluations = self.repo.operation_evaluations(job.operation_id)
+        served = checkpoints.served_epoch(kept, evaluations, job.plan.choice)
+        self._finish(job, JobStatus.SUCCEEDED, None, served)
 
     def _train(self, job: ClaimedJob, heartbeat: Heartbeat) -> None:
         entry = self.catalog.get(job.base_model)
@@ -212,6 +220,8 @@ class Worker:
             if heartbeat.lost:
                 raise LeaseLost(job.operation_id)
 
+        hook = self._epoch_hook(job, base, heartbeat)
+
         def on_resume(step: int, tokens: int) -> None:
             if step:
                 log.info("resuming %s from its checkpoint of step %d", job.operation_id, step)
@@ -220,6 +230,8 @@ class Worker:
                     job.operation_id, self.worker_id, step, trained_tokens=tokens
                 )
             )
+            snapshots = self.repo.operation_snapshots(job.operation_id)
+            hook.resumed({s.step: s.mean_loss for s in snapshots})
 
         staging = self.artifacts.staging(job.tuned_model_id, job.operation_id)
         staging.parent.mkdir(parents=True, exist_ok=True)
@@ -234,6 +246,7 @@ class Worker:
             on_resume=on_resume,
             init_adapter=init,
             checkpoint_interval=self.settings.checkpoint_interval_seconds,
+            after_step=hook,
         )
         if not adapter_is_finite(staging):
             raise JobFailed(
@@ -242,17 +255,87 @@ class Worker:
                 "the learning rate is likely too high. Try a lower learningRate.",
             )
 
+    def _epoch_hook(
+        self, job: ClaimedJob, base: LoadedBaseModel, heartbeat: Heartbeat
+    ) -> EpochHook:
+        """Evaluates the job's adapter as its plan says and keeps it at each epoch end."""
+        hp = job.hyperparameters
+        schedule = Schedule(
+            job.total_steps,
+            hp.batch_size,
+            len(job.examples),
+            hp.epoch_count,
+            job.plan.interval_steps,
+        )
+
+        def interrupt() -> None:
+            if heartbeat.cancel_requested:
+                raise Cancelled
+            if heartbeat.lost:
+                raise LeaseLost(job.operation_id)
+
+        def on_evaluation(evaluation: Evaluation) -> None:
+            if not math.isfinite(evaluation.validation_loss):
+                raise JobFailed(
+                    Code.INVALID_ARGUMENT,
+                    f"Tuning failed: the validation loss became {evaluation.validation_loss} "
+                    f"at step {evaluation.step}; the learning rate "
+                    f"({job.hyperparameters.learning_rate}) is likely too high. "
+                    "Try a lower learningRate.",
+                )
+            retry_transient(
+                lambda: self.repo.record_evaluation(job.operation_id, self.worker_id, evaluation)
+            )
+
+        def on_epoch_end(model: PeftModel, epoch: int, step: int) -> None:
+            interrupt()  # a worker that lost the job must not write the next one's files
+            self._keep_epoch(job, model, epoch, step)
+
+        pad_id = base.tokenizer.pad_token_id or 0
+        return EpochHook(
+            base.codec,
+            pad_id,
+            job.plan.validation,
+            schedule,
+            on_evaluation,
+            on_epoch_end,
+            interrupt,
+        )
+
+    def _keep_epoch(self, job: ClaimedJob, model: PeftModel, epoch: int, step: int) -> None:
+        """Stores the adapter at an epoch's end and drops those past the setting's bound."""
+        model_id, operation_id = job.tuned_model_id, job.operation_id
+        staging = self.artifacts.epoch_staging(model_id, operation_id, epoch)
+        model.save_pretrained(staging)
+        self.artifacts.keep_epoch(model_id, operation_id, epoch, staging)
+        kept = EpochCheckpoint(epoch, step, utcnow())
+        retry_transient(
+            lambda: self.repo.record_epoch_checkpoint(operation_id, self.worker_id, kept)
+        )
+        drop = checkpoints.epochs_to_drop(
+            self.repo.epoch_checkpoints(operation_id),
+            self.repo.operation_evaluations(operation_id),
+            self.settings.max_epoch_checkpoints,
+            job.plan.choice,
+        )
+        if drop:
+            retry_transient(
+                lambda: self.repo.forget_epoch_checkpoints(operation_id, self.worker_id, drop)
+            )
+            self.artifacts.remove_epochs(model_id, operation_id, drop)
+
     def _source_adapter(self, job: ClaimedJob) -> Path | None:
         """The adapter bound when the job was accepted; the job fails if it is gone."""
         if not job.source_tuned_model:
             return None
         source_id = job.source_tuned_model.removeprefix("tunedModels/")
-        operation_id = job.source_operation_id
+        operation_id, epoch = job.source_operation_id, job.source_served_epoch
         if operation_id is None:  # queued before sources were bound at create time
             operations = self.repo.list_operations(source_id)
             operation_id = operations[-1].id if operations else None
+            epoch = operations[-1].served_epoch if operations else None
         bound = operation_id and self.repo.get_operation(source_id, operation_id)
-        adapter = self.artifacts.fetch_adapter(source_id, operation_id) if bound else None
+        adapter = self.artifacts.fetch_served(source_id, bound.id, epoch) if bound else None
         if adapter is None:
             raise JobFailed(
                 Code.FAILED_PRECONDITION,
@@ -261,9 +344,17 @@ class Worker:
             )
         return adapter
 
-    def _finish(self, job: ClaimedJob, status: JobStatus, error: JobError | None) -> None:
+    def _finish(
+        self,
+        job: ClaimedJob,
+        status: JobStatus,
+        error: JobError | None,
+        served_epoch: int | None = None,
+    ) -> None:
         retry_transient(
-            lambda: self.repo.finish_job(job.operation_id, self.worker_id, status, error)
+            lambda: self.repo.finish_job(
+                job.operation_id, self.worker_id, status, error, served_epoch
+            )
         )
         self.artifacts.remove_checkpoint(job.operation_id)
         self.artifacts.discard_staging(job.tuned_model_id, job.operation_id)

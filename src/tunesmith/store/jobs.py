@@ -10,7 +10,11 @@ from sqlalchemy import Connection, and_, delete, func, insert, or_, select, upda
 
 from tunesmith.domain.resources import (
     CANCELLED_ERROR,
+    CheckpointChoice,
     ClaimedJob,
+    EpochCheckpoint,
+    Evaluation,
+    EvaluationPlan,
     Hyperparameters,
     JobError,
     JobStatus,
@@ -19,8 +23,17 @@ from tunesmith.domain.resources import (
     TuningExample,
     TuningSnapshot,
 )
-from tunesmith.store.rows import StoreBase, operation_from_row, snapshot_from_row, utcnow
+from tunesmith.store.rows import (
+    StoreBase,
+    epoch_checkpoint_from_row,
+    evaluation_from_row,
+    operation_from_row,
+    snapshot_from_row,
+    utcnow,
+)
 from tunesmith.store.tables import (
+    epoch_checkpoints,
+    evaluations,
     operations,
     snapshots,
     tuned_models,
@@ -69,6 +82,44 @@ class JobQueue(StoreBase):
         )
         with self.engine.connect() as c:
             return [snapshot_from_row(r) for r in c.execute(query)]
+
+    def operation_evaluations(self, operation_id: str) -> list[Evaluation]:
+        query = (
+            select(evaluations)
+            .where(evaluations.c.operation_id == operation_id)
+            .order_by(evaluations.c.step)
+        )
+        with self.engine.connect() as c:
+            return [evaluation_from_row(r) for r in c.execute(query)]
+
+    def epoch_checkpoints(self, operation_id: str) -> list[EpochCheckpoint]:
+        query = (
+            select(epoch_checkpoints)
+            .where(epoch_checkpoints.c.operation_id == operation_id)
+            .order_by(epoch_checkpoints.c.epoch)
+        )
+        with self.engine.connect() as c:
+            return [epoch_checkpoint_from_row(r) for r in c.execute(query)]
+
+    def serve_epoch(self, model_id: str, operation_id: str, epoch: int) -> bool:
+        """Makes the operation's kept adapter of `epoch` the one its model serves; False
+        when no such checkpoint is kept."""
+        kept = select(epoch_checkpoints.c.epoch).where(
+            epoch_checkpoints.c.operation_id == operation_id, epoch_checkpoints.c.epoch == epoch
+        )
+        with self._tx() as c:
+            if c.execute(kept).first() is None:
+                return False
+            now = utcnow()
+            c.execute(
+                update(operations)
+                .where(operations.c.id == operation_id)
+                .values(served_epoch=epoch, update_time=now)
+            )
+            c.execute(
+                update(tuned_models).where(tuned_models.c.id == model_id).values(update_time=now)
+            )
+        return True
 
     def request_cancel(self, model_id: str, operation_id: str) -> Operation | None:
         """Cancels a queued job at once; flags a running one for its worker to stop."""
@@ -148,12 +199,14 @@ class JobQueue(StoreBase):
                 base_model=row.base_model,
                 source_tuned_model=row.source_tuned_model,
                 source_operation_id=row.source_operation_id,
+                source_served_epoch=row.source_served_epoch,
                 examples=[TuningExample(i, o) for i, o in json.loads(row.training_data)],
                 hyperparameters=Hyperparameters(hp.epoch_count, hp.batch_size, hp.learning_rate),
                 total_steps=row.total_steps,
                 seed=row.seed,
                 attempt=row.attempts + 1,
                 cancel_requested=row.cancel_requested,
+                plan=plan_from_row(row),
             )
         return None
 
@@ -234,6 +287,63 @@ class JobQueue(StoreBase):
             )
         return bool(row.cancel_requested)
 
+    def record_evaluation(self, operation_id: str, worker_id: str, evaluation: Evaluation) -> None:
+        """Stores a step's evaluation; one evaluated again (a resumed job) replaces it."""
+        with self._tx() as c:
+            self._held(c, operation_id, worker_id)
+            c.execute(
+                delete(evaluations).where(
+                    evaluations.c.operation_id == operation_id,
+                    evaluations.c.step == evaluation.step,
+                )
+            )
+            c.execute(
+                insert(evaluations).values(
+                    operation_id=operation_id,
+                    step=evaluation.step,
+                    epoch=evaluation.epoch,
+                    training_loss=evaluation.training_loss,
+                    validation_loss=evaluation.validation_loss,
+                    exact_match=evaluation.exact_match,
+                    examples=evaluation.examples,
+                    create_time=evaluation.create_time,
+                )
+            )
+
+    def record_epoch_checkpoint(
+        self, operation_id: str, worker_id: str, checkpoint: EpochCheckpoint
+    ) -> None:
+        """Records an epoch's kept adapter (its files are already stored)."""
+        with self._tx() as c:
+            self._held(c, operation_id, worker_id)
+            c.execute(
+                delete(epoch_checkpoints).where(
+                    epoch_checkpoints.c.operation_id == operation_id,
+                    epoch_checkpoints.c.epoch == checkpoint.epoch,
+                )
+            )
+            c.execute(
+                insert(epoch_checkpoints).values(
+                    operation_id=operation_id,
+                    epoch=checkpoint.epoch,
+                    step=checkpoint.step,
+                    create_time=checkpoint.create_time,
+                )
+            )
+
+    def forget_epoch_checkpoints(
+        self, operation_id: str, worker_id: str, epochs: list[int]
+    ) -> None:
+        """Drops the records of kept adapters (before their files are removed)."""
+        with self._tx() as c:
+            self._held(c, operation_id, worker_id)
+            c.execute(
+                delete(epoch_checkpoints).where(
+                    epoch_checkpoints.c.operation_id == operation_id,
+                    epoch_checkpoints.c.epoch.in_(epochs),
+                )
+            )
+
     def rewind(self, operation_id: str, worker_id: str, step: int, trained_tokens: int = 0) -> None:
         """Forgets progress past `step`, where a resumed job picks up from its checkpoint.
 
@@ -243,11 +353,10 @@ class JobQueue(StoreBase):
         trained again and count again, once."""
         with self._tx() as c:
             self._held(c, operation_id, worker_id)
-            c.execute(
-                delete(snapshots).where(
-                    snapshots.c.operation_id == operation_id, snapshots.c.step > step
+            for table in (snapshots, evaluations, epoch_checkpoints):
+                c.execute(
+                    delete(table).where(table.c.operation_id == operation_id, table.c.step > step)
                 )
-            )
             c.execute(
                 update(operations)
                 .where(operations.c.id == operation_id)
@@ -255,10 +364,23 @@ class JobQueue(StoreBase):
             )
 
     def finish_job(
-        self, operation_id: str, worker_id: str, status: JobStatus, error: JobError | None
+        self,
+        operation_id: str,
+        worker_id: str,
+        status: JobStatus,
+        error: JobError | None,
+        served_epoch: int | None = None,
     ) -> None:
+        """Ends the job; a succeeded one serves its kept adapter of `served_epoch`, or
+        its final adapter (None)."""
         with self._tx() as c:
             self._held(c, operation_id, worker_id)
+            if served_epoch is not None:
+                c.execute(
+                    update(operations)
+                    .where(operations.c.id == operation_id)
+                    .values(served_epoch=served_epoch)
+                )
             self._finish(c, operation_id, status, error, utcnow())
 
     def _finish(
@@ -304,3 +426,12 @@ class JobQueue(StoreBase):
         with self.engine.connect() as c:
             steps, tokens = c.execute(query).one()
         return int(steps), int(tokens)
+
+
+def plan_from_row(row) -> EvaluationPlan:
+    validation = json.loads(row.validation_data) if row.validation_data else []
+    return EvaluationPlan(
+        validation=[TuningExample(i, o) for i, o in validation],
+        interval_steps=row.evaluation_interval_steps or 0,
+        choice=CheckpointChoice(row.checkpoint_choice or CheckpointChoice.LAST),
+    )

@@ -21,6 +21,7 @@ from tunesmith.domain.access import (
 from tunesmith.domain.errors import Code, ServiceError
 from tunesmith.domain.quotas import ProjectQuota
 from tunesmith.domain.resources import (
+    EvaluationPlan,
     JobStatus,
     TunedModel,
     TunedModelState,
@@ -41,6 +42,8 @@ from tunesmith.store.rows import (
     visible_in_list,
 )
 from tunesmith.store.tables import (
+    epoch_checkpoints,
+    evaluations,
     operations,
     permissions,
     projects,
@@ -63,11 +66,17 @@ class ModelStore(StoreBase):
         owner_email: str,
         quota: ProjectQuota,
         source_operation_id: str | None = None,
+        source_served_epoch: int | None = None,
+        plan: EvaluationPlan | None = None,
     ) -> None:
         """The model, its owner's permission and its queued job, in one transaction: all or
         nothing. The project's quotas are checked inside the same transaction.
-        `source_operation_id` binds the exact adapter a job from a tuned model starts from."""
+        `source_operation_id` and `source_served_epoch` bind the exact adapter a job from a
+        tuned model starts from;
+        `plan` is how the job evaluates and which checkpoint it serves."""
         training_data = json.dumps([[e.text_input, e.output] for e in examples])
+        plan = plan or EvaluationPlan()
+        validation = [[e.text_input, e.output] for e in plan.validation]
         with self._adding(model, owner_email, quota) as c:
             c.execute(
                 insert(operations).values(
@@ -75,6 +84,10 @@ class ModelStore(StoreBase):
                     total_steps=total_steps,
                     seed=seed,
                     source_operation_id=source_operation_id,
+                    source_served_epoch=source_served_epoch,
+                    validation_data=json.dumps(validation) if validation else None,
+                    evaluation_interval_steps=plan.interval_steps,
+                    checkpoint_choice=int(plan.choice),
                 )
             )
 
@@ -219,6 +232,8 @@ class ModelStore(StoreBase):
             op_ids = select(operations.c.id).where(operations.c.tuned_model_id == model_id)
             deleted_ops = list(c.execute(op_ids).scalars())
             c.execute(delete(snapshots).where(snapshots.c.operation_id.in_(op_ids)))
+            c.execute(delete(evaluations).where(evaluations.c.operation_id.in_(op_ids)))
+            c.execute(delete(epoch_checkpoints).where(epoch_checkpoints.c.operation_id.in_(op_ids)))
             c.execute(delete(operations).where(operations.c.tuned_model_id == model_id))
             c.execute(delete(permissions).where(permissions.c.tuned_model_id == model_id))
             c.execute(delete(reader_projects).where(reader_projects.c.tuned_model_id == model_id))

@@ -16,6 +16,8 @@ from tunesmith.domain.access import (
     Role,
 )
 from tunesmith.domain.resources import (
+    EpochCheckpoint,
+    Evaluation,
     Hyperparameters,
     JobError,
     JobStatus,
@@ -132,7 +134,24 @@ def operation_from_row(row) -> Operation:
         total_steps=row.total_steps,
         completed_steps=row.completed_steps,
         error=error,
+        served_epoch=row.served_epoch,
     )
+
+
+def evaluation_from_row(row) -> Evaluation:
+    return Evaluation(
+        step=row.step,
+        epoch=row.epoch,
+        training_loss=row.training_loss,
+        validation_loss=row.validation_loss,
+        exact_match=row.exact_match,
+        examples=row.examples,
+        create_time=row.create_time,
+    )
+
+
+def epoch_checkpoint_from_row(row) -> EpochCheckpoint:
+    return EpochCheckpoint(row.epoch, row.step, row.create_time)
 
 
 def snapshot_from_row(row) -> TuningSnapshot:

@@ -138,6 +138,7 @@ operations = Table(
     Column("source_tuned_model", String(200)),
     # The operation whose adapter a job starts from, bound when the job is accepted.
     Column("source_operation_id", String(64)),
+    Column("source_served_epoch", Integer),  # its chosen checkpoint when the job was accepted
     Column("training_data", Text, nullable=False),  # JSON list of [text_input, output]
     Column("total_steps", Integer, nullable=False),
     Column("completed_steps", Integer, nullable=False, default=0),
@@ -152,6 +153,12 @@ operations = Table(
     Column("update_time", UTCDateTime, nullable=False),
     Column("project_number", BigInteger),
     Column("trained_tokens", BigInteger, nullable=False, default=0),  # tokens through training
+    # Evaluation and checkpoints (Tunesmith extensions): JSON list of [text_input, output].
+    Column("validation_data", Text),
+    Column("evaluation_interval_steps", Integer, nullable=False, default=0),
+    Column("checkpoint_choice", Integer, nullable=False, default=0),
+    # The epoch whose kept adapter the model serves; NULL: the job's final adapter.
+    Column("served_epoch", Integer),
 )
 
 snapshots = Table(
@@ -162,4 +169,27 @@ snapshots = Table(
     Column("epoch", Integer, nullable=False),
     Column("mean_loss", Float, nullable=False),
     Column("compute_time", UTCDateTime, nullable=False),
+)
+
+evaluations = Table(
+    "evaluations",
+    metadata,
+    Column("operation_id", String(64), primary_key=True),
+    Column("step", Integer, primary_key=True),
+    Column("epoch", Integer, nullable=False),
+    Column("training_loss", Float),
+    Column("validation_loss", Float, nullable=False),
+    Column("exact_match", Float, nullable=False),
+    Column("examples", Integer, nullable=False),
+    Column("create_time", UTCDateTime, nullable=False),
+)
+
+# The adapters kept at epoch ends (artifacts.epoch_adapter holds their files).
+epoch_checkpoints = Table(
+    "epoch_checkpoints",
+    metadata,
+    Column("operation_id", String(64), primary_key=True),
+    Column("epoch", Integer, primary_key=True),
+    Column("step", Integer, nullable=False),
+    Column("create_time", UTCDateTime, nullable=False),
 )

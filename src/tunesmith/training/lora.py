@@ -159,9 +159,11 @@ def train_lora(
     on_resume: Callable[[int, int], None] = lambda step, tokens: None,
     init_adapter: Path | None = None,
     checkpoint_interval: float = 10.0,
+    after_step: Callable[[PeftModel, StepResult], None] = lambda model, result: None,
 ) -> None:
     """Trains a LoRA adapter and saves it (peft format) to `adapter_out`. `on_resume` gets
-    the steps a checkpoint already holds and the tokens those steps trained on."""
+    the steps a checkpoint already holds and the tokens those steps trained on;
+    `after_step` sees the adapter after each step (evaluation.EpochHook)."""
     torch.manual_seed(seed)
     encoded = [base.codec.encode_example(e.text_input, e.output) for e in examples]
     stream = epoch_stream(len(examples), hp.epoch_count, seed)
@@ -186,7 +188,9 @@ def train_lora(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             epoch = epoch_after_step(step, hp.batch_size, len(examples))
-            on_step(StepResult(step, epoch, loss.item(), batch_tokens(pairs)))
+            result = StepResult(step, epoch, loss.item(), batch_tokens(pairs))
+            on_step(result)
+            after_step(model, result)
             if step < steps and time.monotonic() - saved_at >= checkpoint_interval:
                 checkpoint.save(model, optimizer, step)
                 saved_at = time.monotonic()

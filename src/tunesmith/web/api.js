@@ -148,6 +148,21 @@ export function createTunedModel(tunedModel, tunedModelId) {
   return call("POST", "tunedModels", { body: tunedModel, query: { tunedModelId } });
 }
 
+/**
+ * Whether the caller may change the model (patch it, cancel its tuning, pick its checkpoint):
+ * the API has no "my role" method, but listing a model's permissions needs the same WRITER
+ * role, so a reader gets 403 for it. Other failures are thrown.
+ */
+export async function mayWriteTunedModel(id, { signal } = {}) {
+  try {
+    await call("GET", `tunedModels/${id}/permissions`, { query: { pageSize: 1 }, signal });
+    return true;
+  } catch (error) {
+    if (error.httpStatus === 403 && !error.rejectsKey) return false;
+    throw error;
+  }
+}
+
 export function deleteTunedModel(id) {
   return call("DELETE", `tunedModels/${id}`);
 }
@@ -155,4 +170,24 @@ export function deleteTunedModel(id) {
 /** generateContent on `tunedModels/{id}` or `models/{id}`. */
 export function generateContent(modelName, request, { signal } = {}) {
   return call("POST", `${modelName}:generateContent`, { body: request, signal });
+}
+
+/** A tuned model's evaluations on its validation examples (a Tunesmith extension). */
+export async function getEvaluations(id, { signal } = {}) {
+  const { evaluations = [] } = await call("GET", `tunedModels/${id}/evaluations`, { signal });
+  return evaluations;
+}
+
+/** The adapters kept at epoch ends; the one marked `serving` answers generateContent. */
+export async function getCheckpoints(id, { signal } = {}) {
+  const { checkpoints = [] } = await call("GET", `tunedModels/${id}/checkpoints`, { signal });
+  return checkpoints;
+}
+
+export async function selectCheckpoint(checkpointName) {
+  const id = checkpointName.split("/")[1];
+  const { checkpoints = [] } = await call("POST", `tunedModels/${id}:selectCheckpoint`, {
+    body: { checkpoint: checkpointName },
+  });
+  return checkpoints;
 }

@@ -1,7 +1,8 @@
 // The loss curve: one point per step (mean loss of that step's examples), joined by a
 // line, with dashed lines where an epoch ends. Drawn in SVG from the operation's snapshots;
 // the x axis spans every step of the job, so the curve grows across it as training runs.
-// Pointer and arrow keys pick a point; a table under the chart holds every value.
+// Pointer and arrow keys pick a point; a table under the chart holds every value. With
+// validation examples, the validation loss of each evaluation is a second, dashed curve.
 
 import { formatLoss, formatTime, h, plural, svg } from "./ui.js";
 
@@ -64,6 +65,7 @@ function describe(snapshot, maxStep) {
 export class LossChart {
   constructor() {
     this.snapshots = [];
+    this.evaluations = [];
     this.totalSteps = 0;
     this.emptyMessage = "";
     this.selected = null;
@@ -107,12 +109,27 @@ export class LossChart {
         ),
       ),
     );
-    this.element = h("figure", { class: "chart" }, this.svg, this.readout, this.announcer, this.table);
+    this.legend = h("p", { class: "chart-legend", hidden: true });
+    this.element = h(
+      "figure",
+      { class: "chart" },
+      this.legend,
+      this.svg,
+      this.readout,
+      this.announcer,
+      this.table,
+    );
   }
 
   /** New data from a poll; `emptyMessage` says why there are no points yet. */
-  update(snapshots, totalSteps, emptyMessage) {
+  update(snapshots, totalSteps, emptyMessage, evaluations = []) {
     this.snapshots = snapshots;
+    this.evaluations = evaluations;
+    this.legend.hidden = !evaluations.length;
+    this.legend.replaceChildren(
+      h("span", { class: "legend-training" }, "training loss (per step)"),
+      h("span", { class: "legend-validation" }, "validation loss"),
+    );
     this.totalSteps = totalSteps;
     this.emptyMessage = emptyMessage;
     if (this.selected !== null && this.selected >= snapshots.length) this.selected = null;
@@ -190,7 +207,11 @@ export class LossChart {
       this.readout.textContent = this.emptyMessage;
       return;
     }
-    const scale = lossScale(snapshots.map((s) => s.meanLoss));
+    const validation = this.evaluations;
+    const scale = lossScale([
+      ...snapshots.map((s) => s.meanLoss),
+      ...validation.map((e) => e.validationLoss),
+    ]);
     const y = (loss) =>
       PLOT.bottom - ((loss - scale.low) / (scale.high - scale.low)) * (PLOT.bottom - PLOT.top);
     const radius = snapshots.length <= 60 ? 4 : snapshots.length <= 300 ? 2.5 : 1.5;
@@ -245,6 +266,21 @@ export class LossChart {
       }),
       snapshots.map((s) =>
         svg("circle", { class: "point", cx: this.x(s.step), cy: y(s.meanLoss), r: radius }),
+      ),
+      validation.length
+        ? svg("path", {
+            class: "validation-line",
+            d: validation
+              .map((e, i) => `${i ? "L" : "M"}${this.x(e.step).toFixed(1)},${y(e.validationLoss).toFixed(1)}`)
+              .join(""),
+          })
+        : null,
+      validation.map((e) =>
+        svg(
+          "circle",
+          { class: "validation-point", cx: this.x(e.step), cy: y(e.validationLoss), r: radius },
+          svg("title", {}, `Step ${e.step}: validation loss ${formatLoss(e.validationLoss)}`),
+        ),
       ),
       selected ? this.highlight(selected, y(selected.meanLoss), radius) : null,
     ];

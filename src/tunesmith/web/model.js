@@ -2,9 +2,19 @@
 // comes from the model and its operation, polled until the operation is done, so a reload
 // picks up exactly where the page was.
 
-import { cancelOperation, deleteTunedModel, getOperation, getTunedModel, tuningOperation } from "./api.js";
+import {
+  cancelOperation,
+  deleteTunedModel,
+  getCheckpoints,
+  getEvaluations,
+  getOperation,
+  getTunedModel,
+  mayWriteTunedModel,
+  selectCheckpoint,
+  tuningOperation,
+} from "./api.js";
 import { LossChart } from "./chart.js";
-import { between, errorBox, formatDuration, formatTime, h, poll, stateBadge } from "./ui.js";
+import { between, errorBox, formatDuration, formatLoss, formatTime, h, poll, stateBadge } from "./ui.js";
 
 const REFRESH_MS = 1000;
 const CANCELLED = 1; // google.rpc.Code.CANCELLED
@@ -73,6 +83,60 @@ function timings(model, snapshots) {
   ];
 }
 
+function percent(share) {
+  return share === undefined ? "" : `${Math.round(share * 100)}%`;
+}
+
+function table(columns, rows) {
+  return h(
+    "div",
+    { class: "table-scroll" },
+    h(
+      "table",
+      {},
+      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c) => h("td", {}, c))))),
+    ),
+  );
+}
+
+/**
+ * Validation loss and exact-match accuracy at each epoch end. An evaluation's `epoch` counts
+ * the epochs complete at its step, so the epoch-end one is the first of each count: later
+ * ones (with an evaluation interval) are from the middle of the next epoch.
+ */
+function accuracyTable(evaluations) {
+  const byEpoch = new Map();
+  for (const e of [...evaluations].sort((a, b) => a.step - b.step)) {
+    if (!byEpoch.has(e.epoch ?? 0)) byEpoch.set(e.epoch ?? 0, e);
+  }
+  const rows = [...byEpoch.values()]
+    .filter((e) => (e.epoch ?? 0) > 0)
+    .map((e) => [String(e.epoch), String(e.step), formatLoss(e.validationLoss), percent(e.exactMatch)]);
+  return table(["Epoch", "Step", "Validation loss", "Exact match"], rows);
+}
+
+/** The kept adapters; `serve` is null when the caller may not pick one (or not yet). */
+function checkpointTable(checkpoints, serve) {
+  const evaluated = checkpoints.some((c) => c.validationLoss !== undefined);
+  const scores = (c) => [
+    c.validationLoss === undefined ? "" : formatLoss(c.validationLoss),
+    percent(c.exactMatch),
+  ];
+  const rows = checkpoints.map((c) => [
+    String(c.epoch),
+    String(c.step),
+    ...(evaluated ? scores(c) : []),
+    c.serving
+      ? h("span", { class: "badge state-active" }, "Serving")
+      : serve
+        ? h("button", { type: "button", onclick: (event) => serve(c, event.currentTarget) }, "Serve this")
+        : "",
+  ]);
+  const columns = ["Epoch", "Step", ...(evaluated ? ["Validation loss", "Exact match"] : []), ""];
+  return table(columns, rows);
+}
+
 export function modelView(container, { signal, params: [id] }) {
   const chart = new LossChart();
   const title = h("h1", { tabindex: "-1" }, id);
@@ -84,7 +148,46 @@ export function modelView(container, { signal, params: [id] }) {
   const progress = h("progress", { max: "100", value: "0", "aria-labelledby": "progress-text" });
   const progressLabel = h("p", { id: "progress-text", class: "progress-text" }, "Loading…");
   const facts = h("div", { class: "fact-grid" });
+  const evaluationCard = h("section", { class: "card evaluations", hidden: true });
+  const checkpointCard = h("section", { class: "card checkpoints", hidden: true });
+  const chartHelp = h("p", { class: "help" });
   let operationName = null;
+  let mayWrite = null; // whether the caller may cancel or pick a checkpoint: asked once
+  let active = false; // only an ACTIVE model can serve another checkpoint
+
+  async function serve(checkpoint, button) {
+    button.disabled = true;
+    try {
+      const checkpoints = await selectCheckpoint(checkpoint.name);
+      actionProblem.replaceChildren();
+      renderCheckpoints(checkpoints);
+    } catch (error) {
+      button.disabled = false;
+      actionProblem.replaceChildren(errorBox(error, { title: "Could not serve that checkpoint" }));
+    }
+  }
+
+  function renderEvaluations(evaluations) {
+    evaluationCard.hidden = !evaluations.length;
+    evaluationCard.replaceChildren(
+      h("h2", {}, "Validation"),
+      h(
+        "p",
+        { class: "help" },
+        "Validation loss and exact-match accuracy of greedy answers at each epoch end.",
+      ),
+      accuracyTable(evaluations),
+    );
+  }
+
+  function renderCheckpoints(checkpoints) {
+    checkpointCard.hidden = !checkpoints.length;
+    checkpointCard.replaceChildren(
+      h("h2", {}, "Checkpoints"),
+      h("p", { class: "help" }, "The adapters kept at epoch ends; the serving one answers generateContent."),
+      checkpointTable(checkpoints, mayWrite && active ? serve : null),
+    );
+  }
 
   async function stop() {
     if (!confirm("Stop tuning this model? It will end up FAILED (cancelled).")) return;
@@ -106,7 +209,7 @@ export function modelView(container, { signal, params: [id] }) {
     }
   }
 
-  function render(model, operation) {
+  function render(model, operation, evaluations) {
     const metadata = operation?.metadata ?? {};
     const snapshots = metadata.snapshots ?? [];
     const done = Boolean(operation?.done) || model.state !== "CREATING";
@@ -117,7 +220,7 @@ export function modelView(container, { signal, params: [id] }) {
         model.state === "ACTIVE"
           ? h("a", { href: `#/playground/${id}`, class: "button primary" }, "Try in playground")
           : null,
-        model.state === "CREATING" && operationName
+        model.state === "CREATING" && operationName && mayWrite
           ? h("button", { type: "button", onclick: stop }, "Cancel tuning")
           : null,
         h("button", { type: "button", class: "danger", onclick: remove }, "Delete"),
@@ -137,7 +240,12 @@ export function modelView(container, { signal, params: [id] }) {
         ),
       );
     }
-    chart.update(snapshots, total, emptyChartMessage(model, done));
+    chart.update(snapshots, total, emptyChartMessage(model, done), evaluations);
+    chartHelp.textContent = evaluations.length
+      ? "Mean loss of each step's examples, and the validation loss of each evaluation (dashed); " +
+        "dashed grey lines mark where an epoch ends."
+      : "Mean loss of each step's examples; dashed lines mark where an epoch ends.";
+    renderEvaluations(evaluations);
     const hyperparameters = model.tuningTask?.hyperparameters ?? {};
     facts.replaceChildren(
       definitions("Hyperparameters", [
@@ -179,7 +287,16 @@ export function modelView(container, { signal, params: [id] }) {
       );
       return null;
     }
-    render(model, operation);
+    // The extras: read in parallel, and (like the rest) no more once the model is done.
+    const [evaluations, checkpoints, writer] = await Promise.all([
+      getEvaluations(id, { signal }),
+      getCheckpoints(id, { signal }),
+      mayWrite ?? mayWriteTunedModel(id, { signal }),
+    ]);
+    mayWrite = writer;
+    active = model.state === "ACTIVE";
+    render(model, operation, evaluations);
+    renderCheckpoints(checkpoints);
     return model.state === "CREATING" ? REFRESH_MS : null;
   }
 
@@ -194,9 +311,11 @@ export function modelView(container, { signal, params: [id] }) {
       "section",
       { class: "card" },
       h("h2", {}, "Training loss"),
-      h("p", { class: "help" }, "Mean loss of each step's examples; dashed lines mark where an epoch ends."),
+      chartHelp,
       chart.element,
     ),
+    evaluationCard,
+    checkpointCard,
     facts,
   );
   poll(refresh, signal, (error) =>
