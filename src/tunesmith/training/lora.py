@@ -23,12 +23,8 @@ from tunesmith.domain.resources import Hyperparameters, TuningExample
 from tunesmith.domain.tuning import batch_bounds, epoch_after_step, total_steps
 from tunesmith.training.base_models import LoadedBaseModel
 from tunesmith.training.model_builds import building_models, check_stored_config
+from tunesmith.training.recipe import DEFAULT_RECIPE, Recipe, embedding_noise, step_seed
 
-# Measured on the tutorial task (docs/PERFORMANCE.md): rank 8 on the attention projections
-# learns it in 19 steps; adding the MLP projections cost time and held-out accuracy.
-LORA_RANK = 8
-LORA_ALPHA = 16
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 IGNORE = -100
 
 
@@ -97,7 +93,7 @@ def answer_loss(causal_lm, ids, mask, labels) -> torch.Tensor:
     return per_example.mean()
 
 
-def attach_lora(base: LoadedBaseModel, init_adapter: Path | None) -> PeftModel:
+def attach_lora(base: LoadedBaseModel, init_adapter: Path | None, recipe: Recipe) -> PeftModel:
     """Wraps the shared base model with a fresh trainable adapter, or with a tuned model's
     adapter to continue from it. `detach` must undo this before the base is reused."""
     if init_adapter is not None:
@@ -105,10 +101,10 @@ def attach_lora(base: LoadedBaseModel, init_adapter: Path | None) -> PeftModel:
         with building_models():
             return PeftModel.from_pretrained(base.model, init_adapter, is_trainable=True)
     config = LoraConfig(
-        r=LORA_RANK,
-        lora_alpha=LORA_ALPHA,
-        target_modules=list(LORA_TARGETS),
-        lora_dropout=0.0,
+        r=recipe.rank,
+        lora_alpha=recipe.alpha,
+        target_modules=list(recipe.targets),
+        lora_dropout=recipe.dropout,
         task_type="CAUSAL_LM",
     )
     with building_models():
@@ -159,6 +155,7 @@ def train_lora(
     on_resume: Callable[[int, int], None] = lambda step, tokens: None,
     init_adapter: Path | None = None,
     checkpoint_interval: float = 10.0,
+    recipe: Recipe = DEFAULT_RECIPE,
 ) -> None:
     """Trains a LoRA adapter and saves it (peft format) to `adapter_out`. `on_resume` gets
     the steps a checkpoint already holds and the tokens those steps trained on."""
@@ -169,19 +166,26 @@ def train_lora(
     steps = len(batches)
     pad_id = base.tokenizer.pad_token_id or 0
 
-    model = attach_lora(base, init_adapter)
+    model = attach_lora(base, init_adapter, recipe)
     try:
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(
+            trainable, lr=hp.learning_rate, weight_decay=recipe.weight_decay
+        )
         done = checkpoint.restore(model, optimizer)
         on_resume(done, sum(batch_tokens(pairs) for pairs in batches[:done]))
         causal_lm = model.get_base_model()
+        embeddings = causal_lm.get_input_embeddings()
         saved_at = time.monotonic()
         for step in range(done + 1, steps + 1):
+            torch.manual_seed(step_seed(seed, step))
+            for group in optimizer.param_groups:
+                group["lr"] = hp.learning_rate * recipe.learning_rate_scale(step, steps)
             pairs = batches[step - 1]
             ids, mask, labels = collate(pairs, pad_id)
-            loss = answer_loss(causal_lm, ids, mask, labels)
+            with embedding_noise(embeddings, recipe.neftune_alpha):
+                loss = answer_loss(causal_lm, ids, mask, labels)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
