@@ -89,7 +89,8 @@ def answer_loss(causal_lm, ids, mask, labels) -> torch.Tensor:
         logits = torch.tanh(logits / cap) * cap
     token_loss = F.cross_entropy(logits, targets[where], reduction="none")
     rows = where.nonzero()[:, 0]
-    per_example = torch.zeros(ids.shape[0]).index_add_(0, rows, token_loss) / where.sum(1)
+    per_example = torch.zeros(ids.shape[0], device=ids.device).index_add_(0, rows, token_loss)
+    per_example = per_example / where.sum(1)
     return per_example.mean()
 
 
@@ -165,6 +166,7 @@ def train_lora(
     batches = step_batches(encoded, stream, hp.batch_size)
     steps = len(batches)
     pad_id = base.tokenizer.pad_token_id or 0
+    device = base.model.device
 
     model = attach_lora(base, init_adapter, recipe)
     try:
@@ -183,7 +185,7 @@ def train_lora(
             for group in optimizer.param_groups:
                 group["lr"] = hp.learning_rate * recipe.learning_rate_scale(step, steps)
             pairs = batches[step - 1]
-            ids, mask, labels = collate(pairs, pad_id)
+            ids, mask, labels = (t.to(device) for t in collate(pairs, pad_id))
             with embedding_noise(embeddings, recipe.neftune_alpha):
                 loss = answer_loss(causal_lm, ids, mask, labels)
             loss.backward()
