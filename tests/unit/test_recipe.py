@@ -14,11 +14,11 @@ from tunesmith.config import LocalBaseModel, Settings
 from tunesmith.domain.resources import Hyperparameters, TuningExample
 from tunesmith.training.base_models import Catalog, LoadedBaseModel, load_base_model
 from tunesmith.training.lora import Checkpoint, StepResult, train_lora
-from tunesmith.training.recipe import DEFAULT_RECIPE, Recipe, embedding_noise
+from tunesmith.training.recipe import DEFAULT_RECIPE, Recipe, WeightAverage, embedding_noise
 
 EXAMPLES = [TuningExample("1", "2"), TuningExample("three", "four"), TuningExample("9", "10")]
 HP = Hyperparameters(epoch_count=3, batch_size=2, learning_rate=0.01)  # 5 steps
-NOISY = replace(DEFAULT_RECIPE, dropout=0.1, neftune_alpha=5.0)
+NOISY = replace(DEFAULT_RECIPE, dropout=0.1, neftune_alpha=5.0, average_last=0.6)
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,15 @@ def test_a_resumed_run_draws_the_same_noise_as_an_uninterrupted_one(base, tmp_pa
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     clean = train(base, tmp_path / "clean", DEFAULT_RECIPE)
     assert not all(torch.equal(whole[k], clean[k]) for k in whole)  # the noise is real
+
+
+def test_the_weight_average_is_the_mean_of_the_last_steps():
+    weight = torch.nn.Parameter(torch.zeros(2))
+    average = WeightAverage([weight], share=0.5, steps=4)  # steps 3 and 4
+    for step, value in enumerate([10.0, 20.0, 1.0, 3.0], start=1):
+        with torch.no_grad():
+            weight.fill_(value)
+        average.add(step)
+    average.apply()
+    assert weight.tolist() == [2.0, 2.0]
+    assert WeightAverage([weight], share=0.0, steps=4).first_step == 5  # never averages

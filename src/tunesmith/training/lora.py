@@ -23,7 +23,13 @@ from tunesmith.domain.resources import Hyperparameters, TuningExample
 from tunesmith.domain.tuning import batch_bounds, epoch_after_step, total_steps
 from tunesmith.training.base_models import LoadedBaseModel
 from tunesmith.training.model_builds import building_models, check_stored_config
-from tunesmith.training.recipe import DEFAULT_RECIPE, Recipe, embedding_noise, step_seed
+from tunesmith.training.recipe import (
+    DEFAULT_RECIPE,
+    Recipe,
+    WeightAverage,
+    embedding_noise,
+    step_seed,
+)
 
 IGNORE = -100
 
@@ -124,24 +130,35 @@ class Checkpoint:
 
     path: Path
 
-    def save(self, model: PeftModel, optimizer: torch.optim.Optimizer, step: int) -> None:
+    def save(
+        self,
+        model: PeftModel,
+        optimizer: torch.optim.Optimizer,
+        step: int,
+        average: WeightAverage,
+    ) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         staging = self.path.with_suffix(".tmp")
         state = {
             "step": step,
             "adapter": get_peft_model_state_dict(model),
             "optimizer": optimizer.state_dict(),
+            "average": average.state_dict(),
         }
         torch.save(state, staging)
         os.replace(staging, self.path)
 
-    def restore(self, model: PeftModel, optimizer: torch.optim.Optimizer) -> int:
+    def restore(
+        self, model: PeftModel, optimizer: torch.optim.Optimizer, average: WeightAverage
+    ) -> int:
         """The number of steps already done (0 without a checkpoint)."""
         if not self.path.exists():
             return 0
         state = torch.load(self.path, weights_only=True)
         set_peft_model_state_dict(model, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
+        if "average" in state:  # checkpoints written before averaging have none
+            average.load_state_dict(state["average"])
         return int(state["step"])
 
 
@@ -175,7 +192,8 @@ def train_lora(
         optimizer = torch.optim.AdamW(
             trainable, lr=hp.learning_rate, weight_decay=recipe.weight_decay
         )
-        done = checkpoint.restore(model, optimizer)
+        average = WeightAverage(trainable, recipe.average_last, steps)
+        done = checkpoint.restore(model, optimizer, average)
         on_resume(done, sum(batch_tokens(pairs) for pairs in batches[:done]))
         causal_lm = model.get_base_model()
         embeddings = causal_lm.get_input_embeddings()
@@ -191,11 +209,14 @@ def train_lora(
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            average.add(step)
             epoch = epoch_after_step(step, hp.batch_size, len(examples))
             on_step(StepResult(step, epoch, loss.item(), batch_tokens(pairs)))
             if step < steps and time.monotonic() - saved_at >= checkpoint_interval:
-                checkpoint.save(model, optimizer, step)
+                checkpoint.save(model, optimizer, step, average)
                 saved_at = time.monotonic()
+        if average.count:
+            average.apply()
         model.save_pretrained(adapter_out)
     finally:
         detach(model)

@@ -25,6 +25,7 @@ class Recipe:
     warmup: float = 0.0  # share of the steps over which the rate rises linearly from 0
     decay: str = "constant"  # after warm-up: "constant", "linear" or "cosine" down to 0
     neftune_alpha: float = 0.0  # NEFTune: uniform noise on the input embeddings in training
+    average_last: float = 0.0  # the adapter saved is the mean of this share of the last steps
 
     def learning_rate_scale(self, step: int, steps: int) -> float:
         """The factor on the user's learning rate for `step` (1-based) of `steps`."""
@@ -68,3 +69,37 @@ def embedding_noise(embeddings: torch.nn.Module, alpha: float) -> Iterator[None]
         yield
     finally:
         handle.remove()
+
+
+class WeightAverage:
+    """The mean of the trainable weights after each of a job's last steps (stochastic
+    weight averaging), kept in the checkpoint so a resumed job averages the same steps."""
+
+    def __init__(self, params: list[torch.Tensor], share: float, steps: int) -> None:
+        self.params = params
+        self.first_step = steps - math.ceil(share * steps) + 1 if share > 0 else steps + 1
+        self.count = 0
+        self.sums: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def add(self, step: int) -> None:
+        if step < self.first_step:
+            return
+        if not self.sums:
+            self.sums = [p.detach().clone() for p in self.params]
+        else:
+            for total, p in zip(self.sums, self.params, strict=True):
+                total.add_(p)
+        self.count += 1
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Puts the mean into the weights (before the adapter is saved)."""
+        for total, p in zip(self.sums, self.params, strict=True):
+            p.copy_(total / self.count)
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "sums": self.sums}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.sums = int(state["count"]), list(state["sums"])
