@@ -28,6 +28,7 @@ from tunesmith.config import Settings
 from tunesmith.domain.resources import Hyperparameters, TuningExample, Turn
 from tunesmith.training import lora
 from tunesmith.training.base_models import Catalog, LoadedBaseModel, load_base_model
+from tunesmith.training.recipe import DEFAULT_RECIPE
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS = 2
@@ -90,8 +91,9 @@ def trainer_baseline(base: LoadedBaseModel, workdir: Path) -> dict:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
     config = LoraConfig(
-        r=lora.LORA_RANK, lora_alpha=lora.LORA_ALPHA, target_modules=list(lora.LORA_TARGETS),
-        lora_dropout=0.0, task_type="CAUSAL_LM",
+        r=DEFAULT_RECIPE.rank, lora_alpha=DEFAULT_RECIPE.alpha,
+        target_modules=list(DEFAULT_RECIPE.targets), lora_dropout=DEFAULT_RECIPE.dropout,
+        task_type="CAUSAL_LM",
     )  # fmt: skip
     model = get_peft_model(base.model, config)
     args = TrainingArguments(

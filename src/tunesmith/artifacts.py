@@ -333,15 +333,15 @@ class SharedCheckpoint(Checkpoint):
     remote: RemoteStore
     key: str
 
-    def save(self, model, optimizer, step: int) -> None:
-        super().save(model, optimizer, step)
+    def save(self, model, optimizer, step: int, average) -> None:
+        super().save(model, optimizer, step, average)
         try:
             self.remote.upload_file(self.path, self.key)
         except Exception:  # the next save tries again; the job goes on meanwhile
             log.exception("could not upload the checkpoint of step %d", step)
 
-    def restore(self, model, optimizer) -> int:
+    def restore(self, model, optimizer, average) -> int:
         # The upload is the job's checkpoint; a local file without one is another attempt's.
         if not self.remote.download_file(self.key, self.path):
             self.path.unlink(missing_ok=True)
-        return super().restore(model, optimizer)
+        return super().restore(model, optimizer, average)

@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     serving_request_timeout_seconds: float = Field(600.0, gt=0)
     default_max_output_tokens: int = 1024  # when a request sets no maxOutputTokens
     torch_threads: int = 0  # 0: torch's own default
+    # Where models train and generate: "auto" is the first CUDA device where torch sees one.
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     access_token_ttl_seconds: int = 3600
 
     # Observability: "json" writes one JSON object per log line; /metrics without

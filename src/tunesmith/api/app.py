@@ -32,7 +32,7 @@ from tunesmith.observability.metrics import Metrics
 from tunesmith.serving.engine import ServingLimits
 from tunesmith.store.db import make_engine, migrate
 from tunesmith.store.repository import Repository
-from tunesmith.training.base_models import Catalog, load_base_model
+from tunesmith.training.base_models import Catalog, load_base_model, torch_device
 
 log = logging.getLogger(__name__)
 VERSIONS = ("/v1beta", "/v1")
@@ -49,7 +49,9 @@ def create_app(settings: Settings) -> FastAPI:
     catalog = Catalog(settings)
     metrics = Metrics(repo)
     inference = MeasuredEngine(
-        lambda spec: load_base_model(spec, settings.base_model_cache_dir),
+        lambda spec: load_base_model(
+            spec, settings.base_model_cache_dir, torch_device(settings.device)
+        ),
         settings.adapter_cache_size,
         metrics.generation,
         ServingLimits(

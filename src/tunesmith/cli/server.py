@@ -119,10 +119,11 @@ def serve(
 
     from tunesmith.api.app import create_app
     from tunesmith.api.http_protocol import deadline_protocol
-    from tunesmith.training.base_models import Catalog, ensure_cached
+    from tunesmith.training.base_models import Catalog, ensure_cached, use_torch_threads
 
     configure_logging()
     settings = local_settings(host=host, port=port, workers=workers)
+    use_torch_threads(settings.torch_threads)  # for generation in this process
     application = create_app(settings)
     default = Catalog(settings).default
     log.info("preparing base model %s", default.name)

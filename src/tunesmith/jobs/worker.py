@@ -36,7 +36,13 @@ from tunesmith.observability.logs import log_fields
 from tunesmith.store.jobs import JobQueue, LeaseLost
 from tunesmith.store.retry import is_transient, retry_transient
 from tunesmith.store.rows import utcnow
-from tunesmith.training.base_models import Catalog, LoadedBaseModel, load_base_model
+from tunesmith.training.base_models import (
+    Catalog,
+    LoadedBaseModel,
+    load_base_model,
+    torch_device,
+    use_torch_threads,
+)
 from tunesmith.training.evaluation import EpochHook, Schedule
 from tunesmith.training.lora import StepResult, train_lora
 
@@ -102,8 +108,7 @@ class Worker:
         """A worker on the settings' database, migrated first (any process may be the first)."""
         from tunesmith.store.db import make_engine, migrate
 
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        use_torch_threads(settings.torch_threads)
         engine = make_engine(settings.sqlalchemy_url)
         migrate(engine)
         return cls(settings, JobQueue(engine), Catalog(settings))
@@ -368,7 +373,9 @@ class Worker:
     def _base(self, name: str) -> LoadedBaseModel:
         if name not in self._bases:
             spec = next(e.target for e in self.catalog.list() if e.target.name == name)
-            self._bases[name] = load_base_model(spec, self.settings.base_model_cache_dir)
+            self._bases[name] = load_base_model(
+                spec, self.settings.base_model_cache_dir, torch_device(self.settings.device)
+            )
         return self._bases[name]
 
 

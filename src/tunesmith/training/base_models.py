@@ -255,8 +255,29 @@ def _convert_gguf(source: Source, dest: Path) -> None:
     tokenizer.save_pretrained(dest)
 
 
-def load_base_model(spec: BaseModelSpec, cache_root: Path, dtype: str = "bfloat16"):
-    """Load weights (frozen, eval mode) and tokenizer of a base model."""
+def use_torch_threads(count: int) -> None:
+    """The `torch_threads` setting, for a process that trains or generates (0: torch's own)."""
+    import torch
+
+    if count:
+        torch.set_num_threads(count)
+
+
+def torch_device(setting: str) -> str:
+    """The device named by the `device` setting: "auto" is CUDA where torch sees it."""
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"TUNESMITH_DEVICE is {setting}, but torch sees no CUDA device")
+    return setting
+
+
+def load_base_model(
+    spec: BaseModelSpec, cache_root: Path, device: str = "cpu", dtype: str = "bfloat16"
+):
+    """Load weights (frozen, eval mode, on `device`) and tokenizer of a base model."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -264,6 +285,7 @@ def load_base_model(spec: BaseModelSpec, cache_root: Path, dtype: str = "bfloat1
     tokenizer = AutoTokenizer.from_pretrained(folder)
     with building_models():
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+    model.to(device)
     model.eval()
     model.requires_grad_(False)
     codec = PromptCodec(tokenizer, detect_prompt_format(tokenizer))

@@ -23,12 +23,14 @@ from tunesmith.domain.resources import Hyperparameters, TuningExample
 from tunesmith.domain.tuning import batch_bounds, epoch_after_step, total_steps
 from tunesmith.training.base_models import LoadedBaseModel
 from tunesmith.training.model_builds import building_models, check_stored_config
+from tunesmith.training.recipe import (
+    DEFAULT_RECIPE,
+    Recipe,
+    WeightAverage,
+    embedding_noise,
+    step_seed,
+)
 
-# Measured on the tutorial task (docs/PERFORMANCE.md): rank 8 on the attention projections
-# learns it in 19 steps; adding the MLP projections cost time and held-out accuracy.
-LORA_RANK = 8
-LORA_ALPHA = 16
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 IGNORE = -100
 
 
@@ -93,11 +95,12 @@ def answer_loss(causal_lm, ids, mask, labels) -> torch.Tensor:
         logits = torch.tanh(logits / cap) * cap
     token_loss = F.cross_entropy(logits, targets[where], reduction="none")
     rows = where.nonzero()[:, 0]
-    per_example = torch.zeros(ids.shape[0]).index_add_(0, rows, token_loss) / where.sum(1)
+    per_example = torch.zeros(ids.shape[0], device=ids.device).index_add_(0, rows, token_loss)
+    per_example = per_example / where.sum(1)
     return per_example.mean()
 
 
-def attach_lora(base: LoadedBaseModel, init_adapter: Path | None) -> PeftModel:
+def attach_lora(base: LoadedBaseModel, init_adapter: Path | None, recipe: Recipe) -> PeftModel:
     """Wraps the shared base model with a fresh trainable adapter, or with a tuned model's
     adapter to continue from it. `detach` must undo this before the base is reused."""
     if init_adapter is not None:
@@ -105,10 +108,10 @@ def attach_lora(base: LoadedBaseModel, init_adapter: Path | None) -> PeftModel:
         with building_models():
             return PeftModel.from_pretrained(base.model, init_adapter, is_trainable=True)
     config = LoraConfig(
-        r=LORA_RANK,
-        lora_alpha=LORA_ALPHA,
-        target_modules=list(LORA_TARGETS),
-        lora_dropout=0.0,
+        r=recipe.rank,
+        lora_alpha=recipe.alpha,
+        target_modules=list(recipe.targets),
+        lora_dropout=recipe.dropout,
         task_type="CAUSAL_LM",
     )
     with building_models():
@@ -127,24 +130,35 @@ class Checkpoint:
 
     path: Path
 
-    def save(self, model: PeftModel, optimizer: torch.optim.Optimizer, step: int) -> None:
+    def save(
+        self,
+        model: PeftModel,
+        optimizer: torch.optim.Optimizer,
+        step: int,
+        average: WeightAverage,
+    ) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         staging = self.path.with_suffix(".tmp")
         state = {
             "step": step,
             "adapter": get_peft_model_state_dict(model),
             "optimizer": optimizer.state_dict(),
+            "average": average.state_dict(),
         }
         torch.save(state, staging)
         os.replace(staging, self.path)
 
-    def restore(self, model: PeftModel, optimizer: torch.optim.Optimizer) -> int:
+    def restore(
+        self, model: PeftModel, optimizer: torch.optim.Optimizer, average: WeightAverage
+    ) -> int:
         """The number of steps already done (0 without a checkpoint)."""
         if not self.path.exists():
             return 0
         state = torch.load(self.path, weights_only=True)
         set_peft_model_state_dict(model, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
+        if "average" in state:  # checkpoints written before averaging have none
+            average.load_state_dict(state["average"])
         return int(state["step"])
 
 
@@ -160,6 +174,7 @@ def train_lora(
     init_adapter: Path | None = None,
     checkpoint_interval: float = 10.0,
     after_step: Callable[[PeftModel, StepResult], None] = lambda model, result: None,
+    recipe: Recipe = DEFAULT_RECIPE,
 ) -> None:
     """Trains a LoRA adapter and saves it (peft format) to `adapter_out`. `on_resume` gets
     the steps a checkpoint already holds and the tokens those steps trained on;
@@ -170,30 +185,42 @@ def train_lora(
     batches = step_batches(encoded, stream, hp.batch_size)
     steps = len(batches)
     pad_id = base.tokenizer.pad_token_id or 0
+    device = base.model.device
 
-    model = attach_lora(base, init_adapter)
+    model = attach_lora(base, init_adapter, recipe)
     try:
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=0.0)
-        done = checkpoint.restore(model, optimizer)
+        optimizer = torch.optim.AdamW(
+            trainable, lr=hp.learning_rate, weight_decay=recipe.weight_decay
+        )
+        average = WeightAverage(trainable, recipe.average_last, steps)
+        done = checkpoint.restore(model, optimizer, average)
         on_resume(done, sum(batch_tokens(pairs) for pairs in batches[:done]))
         causal_lm = model.get_base_model()
+        embeddings = causal_lm.get_input_embeddings()
         saved_at = time.monotonic()
         for step in range(done + 1, steps + 1):
+            torch.manual_seed(step_seed(seed, step))
+            for group in optimizer.param_groups:
+                group["lr"] = hp.learning_rate * recipe.learning_rate_scale(step, steps)
             pairs = batches[step - 1]
-            ids, mask, labels = collate(pairs, pad_id)
-            loss = answer_loss(causal_lm, ids, mask, labels)
+            ids, mask, labels = (t.to(device) for t in collate(pairs, pad_id))
+            with embedding_noise(embeddings, recipe.neftune_alpha):
+                loss = answer_loss(causal_lm, ids, mask, labels)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            average.add(step)
             epoch = epoch_after_step(step, hp.batch_size, len(examples))
             result = StepResult(step, epoch, loss.item(), batch_tokens(pairs))
             on_step(result)
             after_step(model, result)
             if step < steps and time.monotonic() - saved_at >= checkpoint_interval:
-                checkpoint.save(model, optimizer, step)
+                checkpoint.save(model, optimizer, step, average)
                 saved_at = time.monotonic()
+        if average.count:
+            average.apply()
         model.save_pretrained(adapter_out)
     finally:
         detach(model)
