@@ -112,6 +112,7 @@ def attach_lora(base: LoadedBaseModel, init_adapter: Path | None, recipe: Recipe
         lora_alpha=recipe.alpha,
         target_modules=list(recipe.targets),
         lora_dropout=recipe.dropout,
+        init_lora_weights=True if recipe.init == "kaiming" else recipe.init,
         task_type="CAUSAL_LM",
     )
     with building_models():

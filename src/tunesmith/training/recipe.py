@@ -21,6 +21,7 @@ class Recipe:
     alpha: float = 16.0
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     dropout: float = 0.0
+    init: str = "kaiming"  # the A matrices' initialisation (B starts at 0): kaiming or gaussian
     weight_decay: float = 0.0
     warmup: float = 0.0  # share of the steps over which the rate rises linearly from 0
     decay: str = "constant"  # after warm-up: "constant", "linear" or "cosine" down to 0
