@@ -100,7 +100,7 @@ RECIPE_KEYS = {
     "r": ("rank", int), "a": ("alpha", float), "t": ("targets", TARGETS.__getitem__),
     "drop": ("dropout", float), "wd": ("weight_decay", float), "warm": ("warmup", float),
     "decay": ("decay", str), "neft": ("neftune_alpha", float),
-    "avg": ("average_last", float), "init": ("init", str),
+    "avg": ("average_last", float), "init": ("init", str), "plw": ("prompt_loss_weight", float),
 }  # fmt: skip
 
 
