@@ -92,13 +92,15 @@ assert not set(PROBED) & {x for x, _ in TRAIN}, "a probe is a training input"
 TARGETS = {
     "attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
     "all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "vo": ("v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
 }
 # Spec keys: the user's side (bs, lr as a scale on 1e-3, seed) and the recipe's fields.
 RECIPE_KEYS = {
     "r": ("rank", int), "a": ("alpha", float), "t": ("targets", TARGETS.__getitem__),
     "drop": ("dropout", float), "wd": ("weight_decay", float), "warm": ("warmup", float),
     "decay": ("decay", str), "neft": ("neftune_alpha", float),
-    "avg": ("average_last", float),
+    "avg": ("average_last", float), "init": ("init", str), "plw": ("prompt_loss_weight", float),
 }  # fmt: skip
 
 

@@ -87,6 +87,24 @@ def collate(pairs: list[Pair], pad_id: int):
 def answer_loss(causal_lm, ids, mask, labels) -> torch.Tensor:
     """Mean over the batch's examples of each example's mean answer-token loss."""
     hidden = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return example_losses(causal_lm, hidden, labels).mean()
+
+
+def training_loss(causal_lm, ids, mask, labels, prompt_weight: float):
+    """(what the step minimises, the answer loss it reports): the answer loss, plus
+    `prompt_weight` times each example's mean loss on its own prompt tokens."""
+    hidden = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    answer = example_losses(causal_lm, hidden, labels).mean()
+    if not prompt_weight:
+        return answer, answer
+    prompt_labels = ids.masked_fill(~mask.bool() | (labels != IGNORE), IGNORE)
+    prompt = example_losses(causal_lm, hidden, prompt_labels).mean()
+    return answer + prompt_weight * prompt, answer
+
+
+def example_losses(causal_lm, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each example's mean loss over the positions its labels name; the output layer (and
+    its softcap) runs at those positions only."""
     targets = labels[:, 1:]
     where = targets != IGNORE
     logits = causal_lm.get_output_embeddings()(hidden[:, :-1][where]).float()
@@ -95,9 +113,8 @@ def answer_loss(causal_lm, ids, mask, labels) -> torch.Tensor:
         logits = torch.tanh(logits / cap) * cap
     token_loss = F.cross_entropy(logits, targets[where], reduction="none")
     rows = where.nonzero()[:, 0]
-    per_example = torch.zeros(ids.shape[0], device=ids.device).index_add_(0, rows, token_loss)
-    per_example = per_example / where.sum(1)
-    return per_example.mean()
+    per_example = torch.zeros(hidden.shape[0], device=hidden.device).index_add_(0, rows, token_loss)
+    return per_example / where.sum(1).clamp(min=1)
 
 
 def attach_lora(base: LoadedBaseModel, init_adapter: Path | None, recipe: Recipe) -> PeftModel:
@@ -112,6 +129,7 @@ def attach_lora(base: LoadedBaseModel, init_adapter: Path | None, recipe: Recipe
         lora_alpha=recipe.alpha,
         target_modules=list(recipe.targets),
         lora_dropout=recipe.dropout,
+        init_lora_weights=True if recipe.init == "kaiming" else recipe.init,
         task_type="CAUSAL_LM",
     )
     with building_models():
@@ -207,8 +225,10 @@ def train_lora(
             pairs = batches[step - 1]
             ids, mask, labels = (t.to(device) for t in collate(pairs, pad_id))
             with embedding_noise(embeddings, recipe.neftune_alpha):
-                loss = answer_loss(causal_lm, ids, mask, labels)
-            loss.backward()
+                objective, loss = training_loss(
+                    causal_lm, ids, mask, labels, recipe.prompt_loss_weight
+                )
+            objective.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             average.add(step)

@@ -21,11 +21,13 @@ class Recipe:
     alpha: float = 16.0
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     dropout: float = 0.0
+    init: str = "kaiming"  # the A matrices' initialisation (B starts at 0): kaiming or gaussian
     weight_decay: float = 0.0
     warmup: float = 0.0  # share of the steps over which the rate rises linearly from 0
     decay: str = "constant"  # after warm-up: "constant", "linear" or "cosine" down to 0
     neftune_alpha: float = 0.0  # NEFTune: uniform noise on the input embeddings in training
     average_last: float = 0.0  # the adapter saved is the mean of this share of the last steps
+    prompt_loss_weight: float = 0.0  # the prompt tokens' loss joins the answer's at this weight
 
     def learning_rate_scale(self, step: int, steps: int) -> float:
         """The factor on the user's learning rate for `step` (1-based) of `steps`."""
