@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 BROWSER_TESTS := tests/browser
 BROWSER_STAMP := $(BROWSER_TESTS)/node_modules/.installed-stamp
 
-.PHONY: install system-deps serve test fuzz lint bench clean
+.PHONY: install system-deps serve test fuzz lint bench recipe-sweep clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -59,6 +59,12 @@ fuzz: install
 
 bench: install
 	$(PY) bench/run.py
+
+# The default recipe and the alternatives docs/QUALITY.md reports, 4 seeds each, scored on
+# the probe sets (about 25 s a run on 2 cores). RECIPES='neft=5 drop=0.1' picks others.
+RECIPES ?= '' 'drop=0.1' 'avg=0.5'
+recipe-sweep: install
+	$(PY) bench/recipe_sweep.py --seeds 0,1,2,3 $(RECIPES)
 
 clean:
 	rm -rf $(VENV)

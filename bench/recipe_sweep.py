@@ -210,12 +210,16 @@ def summary(results: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="LoRA recipe sweep on the default base model")
     parser.add_argument(
-        "recipes", nargs="+", help="'' (the default) | neft=5,decay=cosine | untuned"
+        "recipes", nargs="*", help="'' (the default) | neft=5,decay=cosine | untuned"
     )
+    parser.add_argument("--table", type=Path, help="only print the table of a results file")
     parser.add_argument("--seeds", default="0,1,2,3", help="seeds each recipe runs with")
     parser.add_argument("--base-model-dir", type=Path, default=REPO / ".tunesmith-test-cache")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "recipe-results.jsonl")
     args = parser.parse_args()
+    if args.table:
+        summary([json.loads(line) for line in args.table.read_text().splitlines()])
+        return
     torch.set_num_threads(2)
     base = load_base_model(Catalog(Settings()).default, args.base_model_dir)
     results = []

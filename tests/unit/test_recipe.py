@@ -13,7 +13,14 @@ from conftest import TINY
 from tunesmith.config import LocalBaseModel, Settings
 from tunesmith.domain.resources import Hyperparameters, TuningExample
 from tunesmith.training.base_models import Catalog, LoadedBaseModel, load_base_model
-from tunesmith.training.lora import Checkpoint, StepResult, train_lora
+from tunesmith.training.lora import (
+    Checkpoint,
+    StepResult,
+    answer_loss,
+    collate,
+    train_lora,
+    training_loss,
+)
 from tunesmith.training.recipe import DEFAULT_RECIPE, Recipe, WeightAverage, embedding_noise
 
 EXAMPLES = [TuningExample("1", "2"), TuningExample("three", "four"), TuningExample("9", "10")]
@@ -111,3 +118,15 @@ def test_the_weight_average_is_the_mean_of_the_last_steps():
     average.apply()
     assert weight.tolist() == [2.0, 2.0]
     assert WeightAverage([weight], share=0.0, steps=4).first_step == 5  # never averages
+
+
+def test_the_prompt_loss_joins_the_objective_but_not_the_reported_loss(base):
+    causal_lm = base.model
+    pairs = [base.codec.encode_example(e.text_input, e.output) for e in EXAMPLES]
+    ids, mask, labels = collate(pairs, base.tokenizer.pad_token_id or 0)
+    with torch.no_grad():
+        plain, reported = training_loss(causal_lm, ids, mask, labels, 0.0)
+        weighted, same = training_loss(causal_lm, ids, mask, labels, 0.5)
+    assert torch.equal(plain, reported) and torch.equal(reported, same)
+    assert torch.equal(reported, answer_loss(causal_lm, ids, mask, labels))
+    assert weighted > reported
