@@ -31,6 +31,7 @@ import tunesmith.training.lora as lora
 from tunesmith.config import Settings
 from tunesmith.domain.resources import Hyperparameters, TuningExample, Turn
 from tunesmith.training.base_models import Catalog, load_base_model
+from tunesmith.training.evaluation import EXTRA_ANSWER_TOKENS, greedy_answer
 from tunesmith.training.recipe import DEFAULT_RECIPE, Recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,26 +120,15 @@ def parse(spec: str) -> tuple[dict, Recipe]:
     return user, replace(DEFAULT_RECIPE, **changes)
 
 
-@torch.no_grad()
 def greedy(model, codec, text: str, expected: str) -> str:
-    """The temperature-0 answer, decoded to the expected answer's length and a few tokens
-    more (a longer answer cannot match). The output layer runs on the last position only:
-    the whole prompt's 262k-wide logits cost more than the rest of the step."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    ids = torch.tensor([codec.encode_prompt([Turn("user", text)])])
-    stops = set(codec.stop_token_ids)
-    limit = len(codec.tokenizer(expected, add_special_tokens=False)["input_ids"]) + 4
-    answer: list[int] = []
-    past = None
-    for _ in range(limit):
-        out = causal_lm.model(input_ids=ids, past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        token = int(causal_lm.get_output_embeddings()(out.last_hidden_state[:, -1]).argmax(-1))
-        if token in stops:
-            break
-        answer.append(token)
-        ids = torch.tensor([[token]])
-    return codec.tokenizer.decode(answer, skip_special_tokens=True).strip()
+    """The temperature-0 answer, as a job's evaluation decodes it."""
+    prompt = codec.encode_prompt([Turn("user", text)])
+    limit = len(codec.tokenizer(expected, add_special_tokens=False)["input_ids"])
+    tokens = greedy_answer(model, prompt, limit + EXTRA_ANSWER_TOKENS, set(codec.stop_token_ids))
+    text = codec.tokenizer.decode(
+        tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
+    )
+    return text.strip()
 
 
 def score(model, codec) -> dict:

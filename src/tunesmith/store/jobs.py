@@ -4,9 +4,10 @@ worker needs, on its own."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, delete, func, insert, or_, select, update
 
 from tunesmith.domain.resources import (
     CANCELLED_ERROR,
@@ -75,31 +76,23 @@ class JobQueue(StoreBase):
             return [operation_from_row(r) for r in c.execute(query)]
 
     def operation_snapshots(self, operation_id: str) -> list[TuningSnapshot]:
-        query = (
-            select(snapshots)
-            .where(snapshots.c.operation_id == operation_id)
-            .order_by(snapshots.c.step)
-        )
-        with self.engine.connect() as c:
-            return [snapshot_from_row(r) for r in c.execute(query)]
+        return self._per_operation(snapshots, operation_id, snapshots.c.step, snapshot_from_row)
 
     def operation_evaluations(self, operation_id: str) -> list[Evaluation]:
-        query = (
-            select(evaluations)
-            .where(evaluations.c.operation_id == operation_id)
-            .order_by(evaluations.c.step)
+        return self._per_operation(
+            evaluations, operation_id, evaluations.c.step, evaluation_from_row
         )
-        with self.engine.connect() as c:
-            return [evaluation_from_row(r) for r in c.execute(query)]
 
     def epoch_checkpoints(self, operation_id: str) -> list[EpochCheckpoint]:
-        query = (
-            select(epoch_checkpoints)
-            .where(epoch_checkpoints.c.operation_id == operation_id)
-            .order_by(epoch_checkpoints.c.epoch)
+        return self._per_operation(
+            epoch_checkpoints, operation_id, epoch_checkpoints.c.epoch, epoch_checkpoint_from_row
         )
+
+    def _per_operation(self, table: Table, operation_id: str, order, convert: Callable) -> list:
+        """An operation's rows of `table` (snapshots, evaluations, kept epochs), in order."""
+        query = select(table).where(table.c.operation_id == operation_id).order_by(order)
         with self.engine.connect() as c:
-            return [epoch_checkpoint_from_row(r) for r in c.execute(query)]
+            return [convert(r) for r in c.execute(query)]
 
     def serve_epoch(self, model_id: str, operation_id: str, epoch: int) -> bool:
         """Makes the operation's kept adapter of `epoch` the one its model serves; False

@@ -61,9 +61,12 @@ def validation_loss(
 
 
 @torch.no_grad()
-def greedy_answer(model: PeftModel, prompt: list[int], limit: int, stops: set[int]) -> list[int]:
-    """Temperature-0 answer tokens, up to `limit` or a stop token (not included)."""
-    causal_lm = model.get_base_model()
+def greedy_answer(
+    model: torch.nn.Module, prompt: list[int], limit: int, stops: set[int]
+) -> list[int]:
+    """Temperature-0 answer tokens, up to `limit` or a stop token (not included), of a
+    tuned (peft) or a plain model."""
+    causal_lm = model.get_base_model() if isinstance(model, PeftModel) else model
     ids, past, answer = torch.tensor([prompt], device=causal_lm.device), None, []
     for _ in range(limit):
         out = causal_lm.model(input_ids=ids, past_key_values=past, use_cache=True)
