@@ -1,16 +1,18 @@
 """LoRA recipe sweep for Tunesmith's default base model (Gemma 3 270M, pretrained).
 
-Trains with the project's own loop (tunesmith.training.lora.train_lora) on the Gemini tuning
-tutorial's 15 examples, monkeypatching the recipe constants (LORA_RANK, LORA_ALPHA,
-LORA_TARGETS) and scaling the user's learning rate, then evaluates greedily (temperature 0)
-on the 15 training inputs, a 32-input held-out set of the same kinds, and the tutorial's two
-generalisation probes (LXIII -> LXIV, 六 -> 七).
+Trains the Gemini tuning tutorial's job (15 examples, batch 4, learning rate 0.001, 5
+epochs) with the project's own loop (tunesmith.training.lora.train_lora) and a Recipe
+(tunesmith.training.recipe) that differs from the default in the fields a spec names, once
+per seed; then scores greedy answers (temperature 0) on the training inputs and on six
+disjoint held-out probe sets, and prints a table per recipe.
 
-Usage (from the repository root):
-    .venv/bin/python bench/recipe_sweep.py [--base-model-dir DIR] [--results FILE] CONFIG ...
-where CONFIG is  bs=4,r=8,a=16,t=attn,lr=1,seed=0   (t: attn | all ; lr: scale on 1e-3)
-or  untuned  (the base model with no adapter). Results are printed and appended as JSON lines
-to FILE (default bench/recipe-results.jsonl). The findings are in docs/PERFORMANCE.md.
+Usage (from the repository root; `make recipe-sweep` runs it):
+    .venv/bin/python bench/recipe_sweep.py [--seeds 0,1,2,3] [--results FILE] RECIPE ...
+    .venv/bin/python bench/recipe_sweep.py --table FILE
+where RECIPE is '' (the default) or fields to change, e.g. drop=0.1,neft=5 (keys below:
+RECIPE_KEYS; bs and lr, a scale on 0.001, change the user's side), or `untuned` (the base
+model with no adapter). Each run is printed and appended as a JSON line to FILE (default
+bench/recipe-results.jsonl). The findings are in docs/QUALITY.md.
 """
 
 from __future__ import annotations
