@@ -208,12 +208,7 @@ class Worker:
 
         def on_step(result: StepResult) -> None:
             if not math.isfinite(result.mean_loss):
-                raise JobFailed(
-                    Code.INVALID_ARGUMENT,
-                    f"Tuning failed: the loss became {result.mean_loss} at step {result.step}; "
-                    f"the learning rate ({job.hyperparameters.learning_rate}) is likely too "
-                    "high. Try a lower learningRate.",
-                )
+                raise diverged("loss", result.mean_loss, result.step, job)
             snapshot = TuningSnapshot(result.step, result.epoch, result.mean_loss, utcnow())
             cancel = retry_transient(
                 lambda: self.repo.record_step(
@@ -281,13 +276,7 @@ class Worker:
 
         def on_evaluation(evaluation: Evaluation) -> None:
             if not math.isfinite(evaluation.validation_loss):
-                raise JobFailed(
-                    Code.INVALID_ARGUMENT,
-                    f"Tuning failed: the validation loss became {evaluation.validation_loss} "
-                    f"at step {evaluation.step}; the learning rate "
-                    f"({job.hyperparameters.learning_rate}) is likely too high. "
-                    "Try a lower learningRate.",
-                )
+                raise diverged("validation loss", evaluation.validation_loss, evaluation.step, job)
             retry_transient(
                 lambda: self.repo.record_evaluation(job.operation_id, self.worker_id, evaluation)
             )
@@ -377,6 +366,15 @@ class Worker:
                 spec, self.settings.base_model_cache_dir, torch_device(self.settings.device)
             )
         return self._bases[name]
+
+
+def diverged(loss: str, value: float, step: int, job: ClaimedJob) -> JobFailed:
+    """The failure of a job whose (validation) loss stopped being a finite number."""
+    return JobFailed(
+        Code.INVALID_ARGUMENT,
+        f"Tuning failed: the {loss} became {value} at step {step}; the learning rate "
+        f"({job.hyperparameters.learning_rate}) is likely too high. Try a lower learningRate.",
+    )
 
 
 def adapter_is_finite(folder: Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Table, and_, delete, func, insert, or_, select, update
@@ -282,47 +283,27 @@ class JobQueue(StoreBase):
 
     def record_evaluation(self, operation_id: str, worker_id: str, evaluation: Evaluation) -> None:
         """Stores a step's evaluation; one evaluated again (a resumed job) replaces it."""
-        with self._tx() as c:
-            self._held(c, operation_id, worker_id)
-            c.execute(
-                delete(evaluations).where(
-                    evaluations.c.operation_id == operation_id,
-                    evaluations.c.step == evaluation.step,
-                )
-            )
-            c.execute(
-                insert(evaluations).values(
-                    operation_id=operation_id,
-                    step=evaluation.step,
-                    epoch=evaluation.epoch,
-                    training_loss=evaluation.training_loss,
-                    validation_loss=evaluation.validation_loss,
-                    exact_match=evaluation.exact_match,
-                    examples=evaluation.examples,
-                    create_time=evaluation.create_time,
-                )
-            )
+        self._replace_held(operation_id, worker_id, evaluations, "step", asdict(evaluation))
 
     def record_epoch_checkpoint(
         self, operation_id: str, worker_id: str, checkpoint: EpochCheckpoint
     ) -> None:
         """Records an epoch's kept adapter (its files are already stored)."""
+        self._replace_held(operation_id, worker_id, epoch_checkpoints, "epoch", asdict(checkpoint))
+
+    def _replace_held(
+        self, operation_id: str, worker_id: str, table: Table, key: str, values: dict
+    ) -> None:
+        """Stores a row of an operation's `table` under the worker's lease, replacing the
+        row with the same `key` (a resumed job writes it again)."""
         with self._tx() as c:
             self._held(c, operation_id, worker_id)
             c.execute(
-                delete(epoch_checkpoints).where(
-                    epoch_checkpoints.c.operation_id == operation_id,
-                    epoch_checkpoints.c.epoch == checkpoint.epoch,
+                delete(table).where(
+                    table.c.operation_id == operation_id, table.c[key] == values[key]
                 )
             )
-            c.execute(
-                insert(epoch_checkpoints).values(
-                    operation_id=operation_id,
-                    epoch=checkpoint.epoch,
-                    step=checkpoint.step,
-                    create_time=checkpoint.create_time,
-                )
-            )
+            c.execute(insert(table).values(operation_id=operation_id, **values))
 
     def forget_epoch_checkpoints(
         self, operation_id: str, worker_id: str, epochs: list[int]
