@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics(repo)
     inference = MeasuredEngine(
         lambda spec: load_base_model(
-            spec, settings.base_model_cache_dir, torch_device(settings.device)
+            spec, settings.base_model_cache_dir, device=torch_device(settings.device)
         ),
         settings.adapter_cache_size,
         metrics.generation,

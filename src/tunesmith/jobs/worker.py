@@ -363,7 +363,7 @@ class Worker:
         if name not in self._bases:
             spec = next(e.target for e in self.catalog.list() if e.target.name == name)
             self._bases[name] = load_base_model(
-                spec, self.settings.base_model_cache_dir, torch_device(self.settings.device)
+                spec, self.settings.base_model_cache_dir, device=torch_device(self.settings.device)
             )
         return self._bases[name]
 

@@ -275,7 +275,7 @@ def torch_device(setting: str) -> str:
 
 
 def load_base_model(
-    spec: BaseModelSpec, cache_root: Path, device: str = "cpu", dtype: str = "bfloat16"
+    spec: BaseModelSpec, cache_root: Path, dtype: str = "bfloat16", *, device: str = "cpu"
 ):
     """Load weights (frozen, eval mode, on `device`) and tokenizer of a base model."""
     import torch
