@@ -161,7 +161,7 @@ def test_a_full_queue_answers_429_with_retry_info(spec, cache_root):
     # The tiny model can finish the long request before the third one arrives (a random
     # end token, or a quiet machine): then there is room, and the round is tried again.
     refused = None
-    for seed in range(1, 9):
+    for seed in range(1, 41):
         running = engine.stream(spec, None, TURNS, params(LONG, candidate_count=2, seed=seed))
         next(running)  # its two rows fill the batch
         queued = engine.stream(spec, None, TURNS, GREEDY)  # waits: no room in the batch

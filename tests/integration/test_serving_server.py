@@ -95,8 +95,10 @@ def test_an_abandoned_request_stops_generating(live):
 def test_a_full_batch_and_queue_answer_429_with_retry_info(live):
     with live.client() as client:
         # The tiny model can finish the long generation before the short request arrives
-        # (a random end token, or a quiet machine): then it is answered, and tried again.
-        for seed in range(3, 11):
+        # (a random end token, or a quiet machine: 500 tokens take well under a second):
+        # then it is answered, and tried again with another seed. On a quiet CI machine all
+        # of 8 seeds once finished first, so it tries up to 40.
+        for seed in range(3, 43):
             long = {**LONG, "generationConfig": {**LONG["generationConfig"], "seed": seed}}
             with client.stream("POST", STREAM, params={"alt": "sse"}, json=long) as response:
                 next(line for line in response.iter_lines() if line.startswith("data:"))
