@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from tunesmith.serving.packed import PackedLinear
 from tunesmith.training.model_builds import check_stored_config
 
 NO_ADAPTER = 0  # the slot of rows that use the base model alone
@@ -43,6 +44,9 @@ UNSERVABLE_OPTIONS = {
     "layer_replication": "adapters that replicate layers",
     "fan_in_fan_out": "adapters with transposed (fan_in_fan_out) weights",
 }
+
+
+Linear = nn.Linear | PackedLinear  # a base model's linear layer, its weight packed or not
 
 
 class AdapterError(ValueError):
@@ -118,7 +122,7 @@ def _pattern_value(pattern: dict, module: str, default):
 class _LoraLayer:
     """The hook on one adapted linear layer, and the resident adapters' matrices for it."""
 
-    def __init__(self, bank: AdapterBank, name: str, linear: nn.Linear) -> None:
+    def __init__(self, bank: AdapterBank, name: str, linear: Linear) -> None:
         self.bank = bank
         self.name = name
         self.linear = linear
@@ -133,7 +137,7 @@ class _LoraLayer:
         return (output + torch.matmul(hidden, self.b_cat.T)).to(output.dtype)
 
     def rebuild(self, slots: list[AdapterWeights | None], ranks: list[int], device) -> None:
-        out_features, in_features = self.linear.weight.shape
+        out_features, in_features = self.linear.out_features, self.linear.in_features
         blocks_a, blocks_b = [], []
         for weights, rank in zip(slots, ranks, strict=True):
             pair = weights.modules.get(self.name) if weights else None
@@ -252,17 +256,18 @@ class AdapterBank:
                 layer = self._layers[name] = _LoraLayer(self, name, self._linear(name))
             layer.rebuild(self._slots, ranks, self._model.device)
 
-    def _linear(self, name: str) -> nn.Linear:
+    def _linear(self, name: str) -> Linear:
         try:
             linear = self._model.get_submodule(name)
         except AttributeError:
             linear = None
-        if not isinstance(linear, nn.Linear):
+        if not isinstance(linear, Linear):
             raise AdapterError(f"the base model has no linear layer {name!r}")
         return linear
 
     def _check_layer(self, name: str, a: torch.Tensor, b: torch.Tensor) -> None:
-        out_features, in_features = self._linear(name).weight.shape
+        linear = self._linear(name)
+        out_features, in_features = linear.out_features, linear.in_features
         if a.shape[1] != in_features or b.shape[0] != out_features:
             raise AdapterError(
                 f"{name!r}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not fit the "

@@ -27,6 +27,7 @@ from tunesmith.serving.batch import KVBatch, prefill
 from tunesmith.serving.batch_sampling import RowGroup, draw_rows
 from tunesmith.serving.lora import NO_ADAPTER, AdapterBank, AdapterError, AdapterWeights
 from tunesmith.serving.outbox import Outbox, StreamChunk
+from tunesmith.serving.packed import pack_linear_layers
 from tunesmith.serving.sampling import SamplingParams
 from tunesmith.serving.text import CandidateText
 
@@ -97,6 +98,8 @@ class Scheduler:
         self.limits = limits
         self._name = loaded.spec.name
         self._observer = observer
+        if packed := pack_linear_layers(loaded.model):
+            log.info("%s: %d linear layers packed for oneDNN", self._name, packed)
         self.adapters = AdapterBank(
             loaded.model,
             adapter_capacity,
