@@ -3,6 +3,7 @@ observer that records what the engine reports, and the serialised engine it repl
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,6 +73,35 @@ class RecordingObserver(EngineObserver):
 
     def request_finished(self, base_model: str, seconds: float, outcome: str) -> None:
         self.outcomes.append(outcome)
+
+
+class HoldingObserver(RecordingObserver):
+    """Holds the model's thread at the start of its next decoding step, after `hold()`,
+    until `release()`: what is submitted meanwhile waits in the queue, with no timing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._holding = False
+        self._held = threading.Event()
+        self._released = threading.Event()
+
+    def hold(self) -> None:
+        self._released.clear()
+        self._held.clear()
+        self._holding = True
+
+    def wait_until_held(self, timeout: float = 60) -> None:
+        assert self._held.wait(timeout), "the model's thread never reached a step"
+
+    def release(self) -> None:
+        self._holding = False
+        self._released.set()
+
+    def step(self, base_model: str, rows: int) -> None:
+        super().step(base_model, rows)
+        if self._holding:
+            self._held.set()
+            self._released.wait()
 
 
 def serial_generate(

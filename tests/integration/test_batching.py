@@ -11,9 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine_support import RecordingObserver, save_random_adapter, serial_generate, tiny_spec
+from engine_support import (
+    HoldingObserver,
+    RecordingObserver,
+    save_random_adapter,
+    serial_generate,
+    tiny_spec,
+)
 from tunesmith.domain.errors import Code, ServiceError
 from tunesmith.domain.resources import Turn
+from tunesmith.serving import scheduler as scheduler_module
 from tunesmith.serving.engine import Engine, GenerationCollector, ServingLimits, request_deadline
 from tunesmith.serving.sampling import SamplingParams
 from tunesmith.training.base_models import BaseModelSpec, load_base_model
@@ -156,29 +163,54 @@ def test_a_dropped_stream_is_cancelled(spec, cache_root):
 
 def test_a_full_queue_answers_429_with_retry_info(spec, cache_root):
     limits = ServingLimits(max_batch_rows=2, max_queued_requests=1)
-    observer = RecordingObserver()
+    observer = HoldingObserver()
     engine = float32_engine(cache_root, limits=limits, observer=observer)
-    # The tiny model can finish the long request before the third one arrives (a random
-    # end token, or a quiet machine): then there is room, and the round is tried again.
-    refused = None
-    for seed in range(1, 41):
-        running = engine.stream(spec, None, TURNS, params(LONG, candidate_count=2, seed=seed))
-        next(running)  # its two rows fill the batch
-        queued = engine.stream(spec, None, TURNS, GREEDY)  # waits: no room in the batch
-        try:
-            engine.stream(spec, None, TURNS, GREEDY).close()
-        except ServiceError as error:
-            refused = error
-        running.close()
-        assert collect(queued).candidates[0].token_count > 0
-        if refused is not None:
-            break
+    observer.hold()
+    running = engine.stream(spec, None, TURNS, params(LONG, candidate_count=2))
+    observer.wait_until_held()  # its two rows fill the batch, and the model waits
+    queued = engine.stream(spec, None, TURNS, GREEDY)  # waits: no room in the batch
 
-    assert refused is not None, "the batch and queue never filled"
-    assert refused.code == Code.RESOURCE_EXHAUSTED
-    assert refused.retry_delay is not None and refused.retry_delay > 0
-    assert refused.headers["Retry-After"].isdigit()
+    with pytest.raises(ServiceError) as refused:
+        engine.stream(spec, None, TURNS, GREEDY)
+
+    observer.release()
+    running.close()
+    assert collect(queued).candidates[0].token_count > 0
+    assert refused.value.code == Code.RESOURCE_EXHAUSTED
+    assert refused.value.retry_delay is not None and refused.value.retry_delay > 0
+    assert refused.value.headers["Retry-After"].isdigit()
     assert observer.rejected == 1
+
+
+def test_prompts_of_different_lengths_prefill_together_and_match_alone(
+    spec, cache_root, adapters, reference, monkeypatch
+):
+    prefills: list[list[int]] = []
+    real_prefill = scheduler_module.prefill
+
+    def recorded(model, prompts):
+        prefills.append([len(prompt) for prompt in prompts])
+        return real_prefill(model, prompts)
+
+    monkeypatch.setattr(scheduler_module, "prefill", recorded)
+    observer = HoldingObserver()
+    engine = float32_engine(cache_root, observer=observer)
+    observer.hold()
+    first = engine.stream(spec, None, TURNS, params(LONG, max_output_tokens=30))
+    observer.wait_until_held()
+    requests = [
+        (adapters[0], TURNS, SAMPLED),
+        (adapters[1], OTHER_TURNS, params(SAMPLED, candidate_count=2, seed=21)),
+        (None, [Turn("user", "Hi")], GREEDY),
+    ]
+    streams = [engine.stream(spec, *request) for request in requests]
+    observer.release()
+
+    assert [collect(stream) for stream in streams] == [
+        serial_generate(reference, *request) for request in requests
+    ]
+    first.close()
+    assert len(prefills) == 2 and len(set(prefills[1])) == 3  # three lengths, one pass
 
 
 def test_too_many_candidates_for_the_batch_is_a_400(spec, cache_root):

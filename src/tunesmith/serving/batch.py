@@ -75,14 +75,26 @@ class KVBatch:
 
 @torch.inference_mode()
 def prefill(model, prompts: list[list[int]]) -> tuple[torch.Tensor, KVBatch]:
-    """Runs prompts of one length together; their last logits (one row each), and a batch
-    of one row each holding their KV caches."""
-    ids = torch.tensor(prompts, device=model.device)
+    """Runs prompts together, left-padded to the longest; their last logits (one row each),
+    and a batch of one row each holding their KV caches."""
+    length = max(len(prompt) for prompt in prompts)
+    ids = torch.zeros(len(prompts), length, dtype=torch.long)
+    mask = torch.zeros(len(prompts), length, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        ids[row, length - len(prompt) :] = torch.tensor(prompt)
+        mask[row, length - len(prompt) :] = True
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    padded = not bool(mask.all())
     cache = DynamicCache()
-    out = model.get_decoder()(input_ids=ids, past_key_values=cache, use_cache=True)
-    rows, length = ids.shape
-    mask = torch.ones(rows, length, dtype=torch.bool, device=model.device)
-    positions = torch.full((rows,), length, dtype=torch.long, device=model.device)
+    out = model.get_decoder()(
+        input_ids=ids,
+        attention_mask=mask if padded else None,
+        # each row's positions count from its first real token
+        position_ids=(mask.long().cumsum(dim=1) - 1).clamp(min=0) if padded else None,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    positions = mask.sum(dim=1)
     return last_logits(model, out.last_hidden_state), KVBatch(cache, mask, positions)
 
 

@@ -2,10 +2,10 @@
 request's rows together.
 
 A request waits in a bounded queue until its rows fit in the batch and its adapter has a
-slot; it then runs its prompt alone (prefill), samples its first tokens and joins the
-running batch. Each step feeds every row its last token in one forward pass, samples each
-request's rows with the request's own parameters and random generator, and sends each
-request its new text. Finished rows leave at once; so do the rows of a request whose
+slot; it then runs its prompt (prefill, left-padded beside others admitted with it),
+samples its first tokens and joins the running batch. Each step feeds every row its last
+token in one forward pass, samples each request's rows with the request's own parameters
+and random generator, and sends each request its new text. Finished rows leave at once; so do the rows of a request whose
 client went away or whose deadline passed, at the next step. Nothing a client does (read
 slowly, vanish) ever holds the model: chunks wait in the request's own outbox.
 """
@@ -32,6 +32,9 @@ from tunesmith.serving.sampling import SamplingParams
 from tunesmith.serving.text import CandidateText
 
 log = logging.getLogger(__name__)
+
+PREFILL_TOKENS = 4096  # the most prompt tokens, padding included, prefilled in one pass
+PREFILL_WASTE = 256  # padding tokens a prefill may always spend to take prompts together
 
 
 @dataclass(frozen=True)
@@ -162,8 +165,8 @@ class Scheduler:
             admitted = self._admit()
             try:
                 self._drop_gone()
-                for same_length in _by_prompt_length(admitted):
-                    self._start(same_length)
+                for group in _prefill_groups(admitted):
+                    self._start(group)
                 if self._running:
                     self._step()
             except Exception as error:  # a failed pass fails its requests, not the server
@@ -243,8 +246,8 @@ class Scheduler:
         self._running = still
 
     def _start(self, requests: list[Request]) -> None:
-        """Prefills requests whose prompts have one length together, samples their first
-        tokens, and joins the rows still generating to the batch."""
+        """Prefills requests together, samples their first tokens, and joins the rows still
+        generating to the batch."""
         started = time.monotonic()
         for request in requests:
             request.started = started
@@ -351,13 +354,22 @@ class Scheduler:
         self._observer.request_finished(self._name, now - request.submitted, outcome)
 
 
-def _by_prompt_length(requests: list[Request]) -> list[list[Request]]:
-    """Requests grouped by prompt length, in order of arrival: each group prefills as one
-    batch without padding."""
-    groups: dict[int, list[Request]] = {}
-    for request in requests:
-        groups.setdefault(len(request.prompt), []).append(request)
-    return list(groups.values())
+def _prefill_groups(requests: list[Request]) -> list[list[Request]]:
+    """Requests to prefill together, shortest prompts first. A group is padded to its
+    longest prompt; it takes another prompt while that wastes at most PREFILL_WASTE tokens
+    or half its real tokens, and holds at most PREFILL_TOKENS (a longer prompt goes alone):
+    the running rows wait for each prefill."""
+    groups: list[list[Request]] = []
+    group: list[Request] = []
+    for request in sorted(requests, key=lambda r: len(r.prompt)):
+        trial = [*group, request]
+        padded = len(request.prompt) * len(trial)
+        waste = padded - sum(len(r.prompt) for r in trial)
+        if group and (waste > max(PREFILL_WASTE, (padded - waste) // 2) or padded > PREFILL_TOKENS):
+            groups.append(group)
+            trial = [request]
+        group = trial
+    return [*groups, group] if group else groups
 
 
 def _outcome(request: Request, error: Exception | None) -> str:
