@@ -285,15 +285,8 @@ class Worker:
             interrupt()  # a worker that lost the job must not write the next one's files
             self._keep_epoch(job, model, epoch, step)
 
-        pad_id = base.tokenizer.pad_token_id or 0
         return EpochHook(
-            base.codec,
-            pad_id,
-            job.plan.validation,
-            schedule,
-            on_evaluation,
-            on_epoch_end,
-            interrupt,
+            base.codec, job.plan.validation, schedule, on_evaluation, on_epoch_end, interrupt
         )
 
     def _keep_epoch(self, job: ClaimedJob, model: PeftModel, epoch: int, step: int) -> None:
