@@ -60,6 +60,15 @@ def batch_tokens(pairs: list[Pair]) -> int:
     return sum(len(prompt) + len(answer) for prompt, answer in pairs)
 
 
+def new_optimizer(
+    params: list[torch.nn.Parameter], lr: float, weight_decay: float
+) -> torch.optim.AdamW:
+    """AdamW (decoupled weight decay), as one fused kernel over every LoRA tensor where
+    torch has one for them: the per-tensor loop costs about ten small ops per tensor."""
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def attach_lora(base: LoadedBaseModel, init_adapter: Path | None, recipe: Recipe) -> PeftModel:
     """Wraps the shared base model with a fresh trainable adapter, or with a tuned model's
     adapter to continue from it. `detach` must undo this before the base is reused."""
@@ -151,9 +160,7 @@ def train_lora(
     try:
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            trainable, lr=hp.learning_rate, weight_decay=recipe.weight_decay
-        )
+        optimizer = new_optimizer(trainable, hp.learning_rate, recipe.weight_decay)
         average = WeightAverage(trainable, recipe.average_last, steps)
         done = checkpoint.restore(model, optimizer, average)
         on_resume(done, sum(batch_tokens(pairs) for pairs in batches[:done]))
