@@ -17,7 +17,7 @@ from peft import PeftModel
 
 from tunesmith.domain.resources import Evaluation, TuningExample
 from tunesmith.domain.tuning import epoch_after_step
-from tunesmith.training.forward import Pair, decoder_for, pack, step_loss
+from tunesmith.training.forward import Pair, decoder_for, pack, step_loss, vocab_logits
 from tunesmith.training.lora import StepResult
 from tunesmith.training.prompt import PromptCodec
 
@@ -72,7 +72,7 @@ def greedy_answer(
     for _ in range(limit):
         out = causal_lm.model(input_ids=ids, past_key_values=past, use_cache=True)
         past = out.past_key_values
-        token = int(causal_lm.get_output_embeddings()(out.last_hidden_state[:, -1]).argmax(-1))
+        token = int(vocab_logits(causal_lm, out.last_hidden_state[:, -1]).argmax(-1))
         if token in stops:
             break
         answer.append(token)
