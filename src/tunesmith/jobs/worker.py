@@ -44,6 +44,7 @@ from tunesmith.training.base_models import (
     use_torch_threads,
 )
 from tunesmith.training.evaluation import EpochHook, Schedule
+from tunesmith.training.forward import warm_up
 from tunesmith.training.lora import StepResult, train_lora
 
 log = logging.getLogger(__name__)
@@ -121,9 +122,10 @@ class Worker:
                 stop.wait(self.settings.worker_poll_seconds)
 
     def preload_default_base(self) -> None:
-        """Loads the default base model before the first job, so that job does not wait."""
+        """Loads the default base model before the first job and warms it up, so that job
+        does not wait for either."""
         try:
-            self._base(self.catalog.default.name)
+            warm_up(self._base(self.catalog.default.name).model)
         except Exception:
             log.exception("could not preload %s; jobs will load it", self.catalog.default.name)
 
