@@ -201,8 +201,9 @@ def test_lora_dropout_and_embedding_noise_in_gemma_decoder_draw_as_transformers_
     assert got[0] != pytest.approx(quiet[0], rel=1e-3)  # the draws were real
 
 
-def test_an_adapter_the_gemma_decoder_cannot_run_goes_through_transformers():
-    peft_model = with_lora(tiny_gemma(), ATTENTION, use_dora=True)
+@pytest.mark.parametrize("options", [{"use_dora": True}, {"modules_to_save": ["input_layernorm"]}])
+def test_an_adapter_the_gemma_decoder_cannot_run_goes_through_transformers(options):
+    peft_model = with_lora(tiny_gemma(), ATTENTION, **options)
     assert type(decoder_for(peft_model.get_base_model())) is PackedTransformersDecoder
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import AuxiliaryTrainingWrapper
 from torch import Tensor
 
 from tunesmith.training.recipe import embedding_noise
@@ -355,7 +356,9 @@ class GemmaDecoder:
         decoder = causal_lm.get_decoder()
         linears = [m for layer in decoder.layers for m in _layer_linears(layer)]
         handled = {id(m) for m in linears} | {id(decoder.embed_tokens)}
-        adapted = {id(m) for m in decoder.modules() if isinstance(m, BaseTunerLayer)}
+        # a trained copy of another module (modules_to_save) would be read past
+        wrapped = (BaseTunerLayer, AuxiliaryTrainingWrapper)
+        adapted = {id(m) for m in decoder.modules() if isinstance(m, wrapped)}
         return adapted <= handled and all(_plain_lora(m) is not False for m in linears)
 
     def __init__(self, causal_lm) -> None:
