@@ -5,7 +5,10 @@
 (a) the Gemini tuning tutorial's job through a real `tunesmith serve` on loopback: wall time
     from POST /v1beta/tunedModels to the tuned model being ACTIVE;
 (b) training throughput: Tunesmith's train_lora against a plain transformers Trainer + peft on
-    the same model, data, prompt encoding, LoRA config and hyperparameters, side by side;
+    the same model, data, prompt encoding, LoRA config and hyperparameters, side by side, on
+    the tutorial's job and on a larger one (the first 4 steps of 1,000 examples of about 64
+    tokens, batch 16), with achieved model FLOP/s (bench/flops.py) against this machine's
+    bf16 matmul peak measured in the same run;
 (c) generateContent latency (Engine.generate, greedy, 8 tokens) on the base model and on a
     tuned adapter, and GET /v1beta/tunedModels latency while a job trains vs idle.
 
@@ -16,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
+import random
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,8 +40,85 @@ REPO = Path(__file__).resolve().parents[1]
 THREADS = 2
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import TUTORIAL_EXAMPLES as TUTORIAL  # noqa: E402
+from flops import matmul_peak, step_flops  # noqa: E402
 
 HP = Hyperparameters(epoch_count=5, batch_size=4, learning_rate=0.001)
+LARGE_HP = Hyperparameters(epoch_count=1, batch_size=16, learning_rate=0.0002)
+LARGE_STEPS = 4  # of the 63 a 1,000-example epoch has: the per-step cost is the point
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "light",
+    "green",
+    "house",
+    "music",
+    "paper",
+    "table",
+    "window",
+    "garden",
+    "silver",
+    "cloud",
+    "winter",
+    "summer",
+    "bread",
+    "coffee",
+    "yellow",
+    "market",
+    "train",
+    "forest",
+    "ocean",
+    "mountain",
+    "letter",
+    "orange",
+    "school",
+    "doctor",
+    "family",
+    "friend",
+    "city",
+    "road",
+    "bridge",
+    "island",
+    "castle",
+    "flower",
+    "dream",
+    "story",
+]
+
+
+def large_examples(count: int = 1000) -> list[TuningExample]:
+    """Inputs of 46 common words and answers of 14 (their first 14 reversed): about 64
+    tokens an example with Gemma's tokenizer, framing and end token included."""
+    rng = random.Random(0)
+    examples = []
+    for _ in range(count):
+        words = [rng.choice(WORDS) for _ in range(46)]
+        examples.append(TuningExample(" ".join(words), " ".join(reversed(words[:14]))))
+    return examples
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    examples: list[TuningExample]
+    hp: Hyperparameters
+
+    def flops(self, base: LoadedBaseModel) -> int:
+        """Model FLOPs of every step of the job, as train_lora batches it."""
+        encoded = [base.codec.encode_example(e.text_input, e.output) for e in self.examples]
+        stream = lora.epoch_stream(len(encoded), self.hp.epoch_count, 0)
+        batches = lora.step_batches(encoded, stream, self.hp.batch_size)
+        config = base.model.config
+        rank, targets = DEFAULT_RECIPE.rank, DEFAULT_RECIPE.targets
+        return sum(step_flops(config, b, rank, targets) for b in batches)
+
+
+TUTORIAL_JOB = Job("tutorial job", [TuningExample(i, o) for i, o in TUTORIAL], HP)
+LARGE_JOB = Job(
+    f"1,000 x 64-token examples, batch 16, first {LARGE_STEPS} steps",
+    large_examples()[: LARGE_STEPS * LARGE_HP.batch_size],
+    LARGE_HP,
+)
 
 
 def load(cache: Path) -> LoadedBaseModel:
@@ -48,7 +131,7 @@ def load(cache: Path) -> LoadedBaseModel:
     return base
 
 
-def tunesmith_training(base: LoadedBaseModel, workdir: Path) -> dict:
+def tunesmith_training(base: LoadedBaseModel, workdir: Path, job: Job) -> dict:
     tokens = 0
     losses: list[float] = []
 
@@ -57,24 +140,30 @@ def tunesmith_training(base: LoadedBaseModel, workdir: Path) -> dict:
         tokens += step.tokens
         losses.append(step.mean_loss)
 
-    examples = [TuningExample(i, o) for i, o in TUTORIAL]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     lora.train_lora(
-        base, examples, HP, 0, workdir / "adapter", lora.Checkpoint(workdir / "ck.pt"),
+        base, job.examples, job.hp, 0, workdir / "adapter", lora.Checkpoint(workdir / "ck.pt"),
         on_step=count, checkpoint_interval=1e9,
     )  # fmt: skip
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "tokens": tokens, "steps": len(losses), "last": losses[-1]}
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(f"{job.name}: Tunesmith {seconds:.2f} s", file=sys.stderr)
+    return {
+        "seconds": seconds,
+        "cpu": cpu,
+        "tokens": tokens,
+        "steps": len(losses),
+        "last": losses[-1],
+    }
 
 
-def trainer_baseline(base: LoadedBaseModel, workdir: Path) -> dict:
+def trainer_baseline(base: LoadedBaseModel, workdir: Path, job: Job) -> dict:
     """transformers Trainer + peft: the model's own loss, full-vocabulary logits everywhere."""
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments
 
     rows = []
-    for text_input, output in TUTORIAL:
-        prompt, answer = base.codec.encode_example(text_input, output)
+    for example in job.examples:
+        prompt, answer = base.codec.encode_example(example.text_input, example.output)
         rows.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer})
     pad = base.tokenizer.pad_token_id or 0
     seen = {"tokens": 0, "steps": 0}
@@ -97,18 +186,19 @@ def trainer_baseline(base: LoadedBaseModel, workdir: Path) -> dict:
     )  # fmt: skip
     model = get_peft_model(base.model, config)
     args = TrainingArguments(
-        output_dir=str(workdir / "trainer"), per_device_train_batch_size=HP.batch_size,
-        num_train_epochs=HP.epoch_count, learning_rate=HP.learning_rate, weight_decay=0.0,
+        output_dir=str(workdir / "trainer"), per_device_train_batch_size=job.hp.batch_size,
+        num_train_epochs=job.hp.epoch_count, learning_rate=job.hp.learning_rate, weight_decay=0.0,
         optim="adamw_torch", lr_scheduler_type="constant", warmup_steps=0,
         logging_strategy="no", save_strategy="no", report_to=[], use_cpu=True,
         dataloader_num_workers=0, seed=0, disable_tqdm=True,
     )  # fmt: skip
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = trainer.train()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     model.unload().eval()
-    return {**seen, "seconds": seconds, "last": result.training_loss}
+    print(f"{job.name}: Trainer + peft {seconds:.2f} s", file=sys.stderr)
+    return {**seen, "seconds": seconds, "cpu": cpu, "last": result.training_loss}
 
 
 def generation_latency(base: LoadedBaseModel, adapter: Path | None) -> float:
@@ -183,43 +273,71 @@ def server_measurements(cache: Path, workdir: Path) -> dict:
     return out
 
 
+def training_rows(job: Job, flops: int, ours: dict, theirs: dict, peak: float) -> list[str]:
+    def rate(r: dict) -> str:
+        achieved = flops / r["seconds"] / 1e9
+        return f"{achieved:.0f} ({100 * achieved / peak:.0f}%)"
+
+    return [
+        f"| (b) {job.name}: training wall time (s) | {ours['seconds']:.2f} | "
+        f"{theirs['seconds']:.2f} ({theirs['seconds'] / ours['seconds']:.1f}x) | "
+        "transformers Trainer + peft, same data/LoRA/hp |",
+        f"| (b) {job.name}: process CPU time (s) | {ours['cpu']:.2f} | {theirs['cpu']:.2f} | "
+        "same |",
+        f"| (b) {job.name}: model GFLOP/s (% of peak) | {rate(ours)} | {rate(theirs)} | "
+        f"same {flops / 1e9:.1f} GFLOP |",
+        f"| (b) {job.name}: trained tokens/s (non-padding) | "
+        f"{ours['tokens'] / ours['seconds']:.0f} | {theirs['tokens'] / theirs['seconds']:.0f} | same |",
+        f"| (b) {job.name}: optimizer steps / trained tokens | {ours['steps']} / "
+        f"{ours['tokens']} | {theirs['steps']} / {theirs['tokens']} | same |",
+        f"| (b) {job.name}: final loss (last step / Trainer mean) | {ours['last']:.3f} | "
+        f"{theirs['last']:.3f} | same |",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base-model-dir", type=Path, default=REPO / ".tunesmith-test-cache")
     parser.add_argument("--quick", action="store_true", help="skip the server measurements")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=THREADS,
+        help="torch threads (1 suffers least from other load)",
+    )
     args = parser.parse_args()
-    torch.set_num_threads(THREADS)
-    rows: list[str] = []
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    peak = matmul_peak()
+    jobs = (TUTORIAL_JOB, LARGE_JOB)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         base = load(args.base_model_dir)
-        ours = tunesmith_training(base, work)
+        flops = [job.flops(base) for job in jobs]
+        ours = [tunesmith_training(base, work / f"ours{i}", job) for i, job in enumerate(jobs)]
         del base
         gc.collect()
         base = load(args.base_model_dir)  # clean base weights for the baseline
-        theirs = trainer_baseline(base, work)
+        theirs = [trainer_baseline(base, work / f"hf{i}", job) for i, job in enumerate(jobs)]
         del base
         gc.collect()
         base = load(args.base_model_dir)
         gen_base = generation_latency(base, None)
-        gen_tuned = generation_latency(base, work / "adapter")
+        gen_tuned = generation_latency(base, work / "ours0" / "adapter")
         del base
         gc.collect()
         served = None if args.quick else server_measurements(args.base_model_dir, work / "srv")
-
-    def tps(r: dict) -> str:
-        return f"{r['tokens'] / r['seconds']:.0f}"
-
-    rows += [
+    rows = [
+        f"bf16 matmul peak, {args.threads} threads: {peak['peak']:.0f} GFLOP/s (square 2048/4096: "
+        f"{peak['square']:.0f}; 1,024-row model shapes: {peak['model_shapes']:.0f}). "
+        f"Load average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after.",
+        "",
         "| Measurement | Tunesmith | Baseline | Baseline is |",
         "|---|---|---|---|",
-        f"| (b) training wall time, tutorial job (s) | {ours['seconds']:.1f} | "
-        f"{theirs['seconds']:.1f} | transformers Trainer + peft, same data/LoRA/hp |",
-        f"| (b) trained tokens/s (non-padding) | {tps(ours)} | {tps(theirs)} | same |",
-        f"| (b) optimizer steps / trained tokens | {ours['steps']} / {ours['tokens']} | "
-        f"{theirs['steps']} / {theirs['tokens']} | same |",
-        f"| (b) final loss (last step / Trainer mean) | {ours['last']:.3f} | "
-        f"{theirs['last']:.3f} | same |",
+    ]
+    for job, job_flops, mine, hf in zip(jobs, flops, ours, theirs, strict=True):
+        rows += training_rows(job, job_flops, mine, hf, peak["peak"])
+    rows += [
         f"| (c) generate, base model, 8 tokens greedy (median of 5, s) | {gen_base:.3f} | "
         f"{gen_tuned:.3f} | same call on the tuned adapter |",
     ]

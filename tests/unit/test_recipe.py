@@ -13,14 +13,8 @@ from conftest import TINY
 from tunesmith.config import LocalBaseModel, Settings
 from tunesmith.domain.resources import Hyperparameters, TuningExample
 from tunesmith.training.base_models import Catalog, LoadedBaseModel, load_base_model
-from tunesmith.training.lora import (
-    Checkpoint,
-    StepResult,
-    answer_loss,
-    collate,
-    train_lora,
-    training_loss,
-)
+from tunesmith.training.forward import decoder_for, pack, step_loss
+from tunesmith.training.lora import Checkpoint, StepResult, train_lora
 from tunesmith.training.recipe import DEFAULT_RECIPE, Recipe, WeightAverage, embedding_noise
 
 EXAMPLES = [TuningExample("1", "2"), TuningExample("three", "four"), TuningExample("9", "10")]
@@ -53,17 +47,11 @@ def test_the_default_recipe_uses_the_users_rate_as_given():
     assert [DEFAULT_RECIPE.learning_rate_scale(s, 19) for s in range(1, 20)] == [1.0] * 19
 
 
-def test_embedding_noise_applies_only_while_training():
-    embeddings = torch.nn.Embedding(10, 4)
-    ids = torch.tensor([[1, 2, 3]])
-    clean = embeddings(ids)
-    with embedding_noise(embeddings, 5.0):
-        noisy = embeddings(ids)
-        with torch.no_grad():
-            assert torch.equal(embeddings(ids), clean)
-    bound = 5.0 / (3 * 4) ** 0.5
-    assert 0 < (noisy - clean).abs().max() <= bound
-    assert torch.equal(embeddings(ids), clean)  # the hook is gone
+def test_embedding_noise_is_bounded_by_the_batchs_longest_example():
+    embedded = torch.zeros(10, 4)
+    noisy = embedding_noise(embedded, 5.0, length=3)
+    assert 0 < noisy.abs().max() <= 5.0 / (3 * 4) ** 0.5
+    assert embedding_noise(embedded, 0.0, length=3) is embedded
 
 
 def train(base: LoadedBaseModel, folder: Path, recipe: Recipe, crash_after: int = 0) -> dict:
@@ -123,10 +111,10 @@ def test_the_weight_average_is_the_mean_of_the_last_steps():
 def test_the_prompt_loss_joins_the_objective_but_not_the_reported_loss(base):
     causal_lm = base.model
     pairs = [base.codec.encode_example(e.text_input, e.output) for e in EXAMPLES]
-    ids, mask, labels = collate(pairs, base.tokenizer.pad_token_id or 0)
+    decode = decoder_for(causal_lm)
     with torch.no_grad():
-        plain, reported = training_loss(causal_lm, ids, mask, labels, 0.0)
-        weighted, same = training_loss(causal_lm, ids, mask, labels, 0.5)
-    assert torch.equal(plain, reported) and torch.equal(reported, same)
-    assert torch.equal(reported, answer_loss(causal_lm, ids, mask, labels))
+        plain, reported = step_loss(causal_lm, decode, pack(pairs))
+        weighted, same = step_loss(causal_lm, decode, pack(pairs, 0.5))
+    assert plain is reported
+    assert same.item() == pytest.approx(reported.item(), rel=1e-6)
     assert weighted > reported

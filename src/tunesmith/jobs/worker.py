@@ -44,6 +44,7 @@ from tunesmith.training.base_models import (
     use_torch_threads,
 )
 from tunesmith.training.evaluation import EpochHook, Schedule
+from tunesmith.training.forward import warm_up
 from tunesmith.training.lora import StepResult, train_lora
 
 log = logging.getLogger(__name__)
@@ -121,9 +122,10 @@ class Worker:
                 stop.wait(self.settings.worker_poll_seconds)
 
     def preload_default_base(self) -> None:
-        """Loads the default base model before the first job, so that job does not wait."""
+        """Loads the default base model before the first job and warms it up, so that job
+        does not wait for either."""
         try:
-            self._base(self.catalog.default.name)
+            warm_up(self._base(self.catalog.default.name).model)
         except Exception:
             log.exception("could not preload %s; jobs will load it", self.catalog.default.name)
 
@@ -285,15 +287,8 @@ class Worker:
             interrupt()  # a worker that lost the job must not write the next one's files
             self._keep_epoch(job, model, epoch, step)
 
-        pad_id = base.tokenizer.pad_token_id or 0
         return EpochHook(
-            base.codec,
-            pad_id,
-            job.plan.validation,
-            schedule,
-            on_evaluation,
-            on_epoch_end,
-            interrupt,
+            base.codec, job.plan.validation, schedule, on_evaluation, on_epoch_end, interrupt
         )
 
     def _keep_epoch(self, job: ClaimedJob, model: PeftModel, epoch: int, step: int) -> None:

@@ -15,6 +15,8 @@ import torch
 from torch.nn import functional
 from transformers import DynamicCache
 
+from tunesmith.training.forward import vocab_logits
+
 
 class KVBatch:
     """Rows' KV caches left-padded to one length, which positions are real, and each row's
@@ -99,16 +101,8 @@ def prefill(model, prompts: list[list[int]]) -> tuple[torch.Tensor, KVBatch]:
 
 
 def last_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits (rows, vocab) of each row's last position.
-
-    The output projection runs on a contiguous 2-D (rows, hidden) copy of the last hidden
-    states: a strided or 3-D input sends a CPU matmul (and peft's layers) down a path that
-    copies the whole 262k-row weight, once per row."""
-    logits = model.get_output_embeddings()(hidden[:, -1].contiguous())
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    """Float32 logits (rows, vocab) of each row's last position."""
+    return vocab_logits(model, hidden[:, -1])
 
 
 def _pad(states: torch.Tensor, length: int) -> torch.Tensor:

@@ -17,7 +17,8 @@ from peft import PeftModel
 
 from tunesmith.domain.resources import Evaluation, TuningExample
 from tunesmith.domain.tuning import epoch_after_step
-from tunesmith.training.lora import Pair, StepResult, answer_loss, collate
+from tunesmith.training.forward import Pair, decoder_for, pack, step_loss, vocab_logits
+from tunesmith.training.lora import StepResult
 from tunesmith.training.prompt import PromptCodec
 
 EVAL_BATCH = 8  # validation examples per forward pass of the loss
@@ -46,17 +47,17 @@ class Schedule:
 
 
 @torch.no_grad()
-def validation_loss(
-    model: PeftModel, pairs: list[Pair], pad_id: int, interrupt: Callable[[], None]
-) -> float:
-    """The training loss (each example's mean answer-token loss), averaged over examples."""
+def validation_loss(model: PeftModel, pairs: list[Pair], interrupt: Callable[[], None]) -> float:
+    """The loss training reports (each example's mean answer-token loss), averaged over
+    examples."""
     causal_lm = model.get_base_model()
+    decode = decoder_for(causal_lm)
     total = 0.0
     for start in range(0, len(pairs), EVAL_BATCH):
         interrupt()
         chunk = pairs[start : start + EVAL_BATCH]
-        batch = (t.to(causal_lm.device) for t in collate(chunk, pad_id))
-        total += answer_loss(causal_lm, *batch).item() * len(chunk)
+        _, answer = step_loss(causal_lm, decode, pack(chunk, device=causal_lm.device))
+        total += answer.item() * len(chunk)
     return total / len(pairs)
 
 
@@ -71,7 +72,7 @@ def greedy_answer(
     for _ in range(limit):
         out = causal_lm.model(input_ids=ids, past_key_values=past, use_cache=True)
         past = out.past_key_values
-        token = int(causal_lm.get_output_embeddings()(out.last_hidden_state[:, -1]).argmax(-1))
+        token = int(vocab_logits(causal_lm, out.last_hidden_state[:, -1]).argmax(-1))
         if token in stops:
             break
         answer.append(token)
@@ -107,7 +108,6 @@ class EpochHook:
     says so and hands over the adapter at each epoch end."""
 
     codec: PromptCodec
-    pad_id: int
     validation: list[TuningExample]
     schedule: Schedule
     on_evaluation: Callable[[Evaluation], None]
@@ -134,7 +134,7 @@ class EpochHook:
         was_training = model.training
         model.eval()
         try:
-            loss = validation_loss(model, self._pairs, self.pad_id, self.interrupt)
+            loss = validation_loss(model, self._pairs, self.interrupt)
             accuracy = exact_match(model, self.codec, self.validation, self._pairs, self.interrupt)
         finally:
             model.train(was_training)

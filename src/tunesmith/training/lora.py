@@ -1,8 +1,9 @@
 """The LoRA training loop: one job, read top to bottom.
 
-Loss is taken on the answer tokens only, and logits are computed only at the positions
-that predict them: for Gemma 3 270M the 262k-token output projection is most of the
-model's cost per token, and a prompt's logits would be thrown away anyway.
+Loss is taken on the answer tokens only (and the prompt's, when the recipe weighs them),
+and logits are computed only at the positions that predict them: for Gemma 3 270M the
+262k-token output projection is most of the model's cost per token. Each step's examples
+are packed into one sequence without padding (training/forward.py).
 """
 
 from __future__ import annotations
@@ -15,23 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from tunesmith.domain.resources import Hyperparameters, TuningExample
 from tunesmith.domain.tuning import batch_bounds, epoch_after_step, total_steps
 from tunesmith.training.base_models import LoadedBaseModel
+from tunesmith.training.forward import Pair, decoder_for, pack, step_loss
 from tunesmith.training.model_builds import building_models, check_stored_config
-from tunesmith.training.recipe import (
-    DEFAULT_RECIPE,
-    Recipe,
-    WeightAverage,
-    embedding_noise,
-    step_seed,
-)
-
-IGNORE = -100
+from tunesmith.training.recipe import DEFAULT_RECIPE, Recipe, WeightAverage, step_seed
 
 
 @dataclass(frozen=True)
@@ -53,9 +46,6 @@ def epoch_stream(examples: int, epochs: int, seed: int) -> list[int]:
     return stream
 
 
-Pair = tuple[list[int], list[int]]  # (prompt ids, answer ids) of one example
-
-
 def step_batches(encoded: list[Pair], stream: list[int], batch_size: int) -> list[list[Pair]]:
     """Every step's batch, in order (step n trains on batches[n - 1])."""
     steps = range(1, total_steps(len(stream), 1, batch_size) + 1)  # the stream holds every epoch
@@ -70,51 +60,13 @@ def batch_tokens(pairs: list[Pair]) -> int:
     return sum(len(prompt) + len(answer) for prompt, answer in pairs)
 
 
-def collate(pairs: list[Pair], pad_id: int):
-    """Right-padded ids, attention mask, and labels that are IGNORE outside the answer."""
-    width = max(len(p) + len(a) for p, a in pairs)
-    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(pairs), width), dtype=torch.long)
-    labels = torch.full((len(pairs), width), IGNORE, dtype=torch.long)
-    for row, (prompt, answer) in enumerate(pairs):
-        seq = prompt + answer
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-        labels[row, len(prompt) : len(seq)] = torch.tensor(answer)
-    return ids, mask, labels
-
-
-def answer_loss(causal_lm, ids, mask, labels) -> torch.Tensor:
-    """Mean over the batch's examples of each example's mean answer-token loss."""
-    hidden = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    return example_losses(causal_lm, hidden, labels).mean()
-
-
-def training_loss(causal_lm, ids, mask, labels, prompt_weight: float):
-    """(what the step minimises, the answer loss it reports): the answer loss, plus
-    `prompt_weight` times each example's mean loss on its own prompt tokens."""
-    hidden = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    answer = example_losses(causal_lm, hidden, labels).mean()
-    if not prompt_weight:
-        return answer, answer
-    prompt_labels = ids.masked_fill(~mask.bool() | (labels != IGNORE), IGNORE)
-    prompt = example_losses(causal_lm, hidden, prompt_labels).mean()
-    return answer + prompt_weight * prompt, answer
-
-
-def example_losses(causal_lm, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Each example's mean loss over the positions its labels name; the output layer (and
-    its softcap) runs at those positions only."""
-    targets = labels[:, 1:]
-    where = targets != IGNORE
-    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][where]).float()
-    cap = getattr(causal_lm.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    token_loss = F.cross_entropy(logits, targets[where], reduction="none")
-    rows = where.nonzero()[:, 0]
-    per_example = torch.zeros(hidden.shape[0], device=hidden.device).index_add_(0, rows, token_loss)
-    return per_example / where.sum(1).clamp(min=1)
+def new_optimizer(
+    params: list[torch.nn.Parameter], lr: float, weight_decay: float
+) -> torch.optim.AdamW:
+    """AdamW (decoupled weight decay), as one fused kernel over every LoRA tensor where
+    torch has one for them: the per-tensor loop costs about ten small ops per tensor."""
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def attach_lora(base: LoadedBaseModel, init_adapter: Path | None, recipe: Recipe) -> PeftModel:
@@ -202,32 +154,26 @@ def train_lora(
     stream = epoch_stream(len(examples), hp.epoch_count, seed)
     batches = step_batches(encoded, stream, hp.batch_size)
     steps = len(batches)
-    pad_id = base.tokenizer.pad_token_id or 0
     device = base.model.device
 
     model = attach_lora(base, init_adapter, recipe)
     try:
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            trainable, lr=hp.learning_rate, weight_decay=recipe.weight_decay
-        )
+        optimizer = new_optimizer(trainable, hp.learning_rate, recipe.weight_decay)
         average = WeightAverage(trainable, recipe.average_last, steps)
         done = checkpoint.restore(model, optimizer, average)
         on_resume(done, sum(batch_tokens(pairs) for pairs in batches[:done]))
         causal_lm = model.get_base_model()
-        embeddings = causal_lm.get_input_embeddings()
+        decode = decoder_for(causal_lm)
         saved_at = time.monotonic()
         for step in range(done + 1, steps + 1):
             torch.manual_seed(step_seed(seed, step))
             for group in optimizer.param_groups:
                 group["lr"] = hp.learning_rate * recipe.learning_rate_scale(step, steps)
             pairs = batches[step - 1]
-            ids, mask, labels = (t.to(device) for t in collate(pairs, pad_id))
-            with embedding_noise(embeddings, recipe.neftune_alpha):
-                objective, loss = training_loss(
-                    causal_lm, ids, mask, labels, recipe.prompt_loss_weight
-                )
+            packed = pack(pairs, recipe.prompt_loss_weight, device)
+            objective, loss = step_loss(causal_lm, decode, packed, recipe.neftune_alpha)
             objective.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

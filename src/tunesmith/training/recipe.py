@@ -8,8 +8,6 @@ default was chosen by bench/recipe_sweep.py; docs/QUALITY.md has the measurement
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -51,26 +49,15 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % 2**63
 
 
-@contextmanager
-def embedding_noise(embeddings: torch.nn.Module, alpha: float) -> Iterator[None]:
-    """NEFTune (Jain et al., 2023): while training, adds uniform noise of magnitude
-    alpha / sqrt(length x width) to the embedded input. Padding rows get noise too, but
-    their positions are masked out of attention and loss."""
+def embedding_noise(embedded: torch.Tensor, alpha: float, length: int) -> torch.Tensor:
+    """NEFTune (Jain et al., 2023): the embedded input plus uniform noise of magnitude
+    alpha / sqrt(length x width), for a batch whose longest example has `length` tokens
+    (what padding pads to, whether or not the batch is padded). alpha 0: no noise. Only
+    training passes an alpha."""
     if alpha <= 0:
-        yield
-        return
-
-    def add_noise(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():
-            return output
-        magnitude = alpha / math.sqrt(output.shape[-2] * output.shape[-1])
-        return output + torch.empty_like(output).uniform_(-magnitude, magnitude)
-
-    handle = embeddings.register_forward_hook(add_noise)
-    try:
-        yield
-    finally:
-        handle.remove()
+        return embedded
+    magnitude = alpha / math.sqrt(length * embedded.shape[-1])
+    return embedded + torch.empty_like(embedded).uniform_(-magnitude, magnitude)
 
 
 class WeightAverage:
