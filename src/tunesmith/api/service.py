@@ -121,7 +121,7 @@ def evaluation_plan(
     examples, validation = request.examples, request.validation_examples or []
     if request.validation_split is not None:
         examples, validation = tuning.hold_out(examples, request.validation_split, seed)
-    choice = request.checkpoint_choice or CheckpointChoice.LAST
+    choice = CheckpointChoice.resolved(request.checkpoint_choice)
     return examples, EvaluationPlan(validation, request.evaluation_interval_steps or 0, choice)
 
 

@@ -55,6 +55,11 @@ class CheckpointChoice(IntEnum):
     LAST = 1
     BEST_VALIDATION_LOSS = 2
 
+    @classmethod
+    def resolved(cls, value: int | None) -> CheckpointChoice:
+        """The choice a job makes of `value`: unspecified (or nothing stored) is LAST."""
+        return cls(value) if value else cls.LAST
+
 
 @dataclass(frozen=True)
 class EvaluationPlan:

@@ -407,5 +407,5 @@ def plan_from_row(row) -> EvaluationPlan:
     return EvaluationPlan(
         validation=[TuningExample(i, o) for i, o in validation],
         interval_steps=row.evaluation_interval_steps or 0,
-        choice=CheckpointChoice(row.checkpoint_choice or CheckpointChoice.LAST),
+        choice=CheckpointChoice.resolved(row.checkpoint_choice),
     )
