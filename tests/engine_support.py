@@ -101,7 +101,7 @@ class HoldingObserver(RecordingObserver):
         super().step(base_model, rows)
         if self._holding:
             self._held.set()
-            self._released.wait()
+            self._released.wait(timeout=120)  # a failed test never holds the model for good
 
 
 def serial_generate(

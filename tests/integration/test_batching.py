@@ -167,13 +167,13 @@ def test_a_full_queue_answers_429_with_retry_info(spec, cache_root):
     engine = float32_engine(cache_root, limits=limits, observer=observer)
     observer.hold()
     running = engine.stream(spec, None, TURNS, params(LONG, candidate_count=2))
-    observer.wait_until_held()  # its two rows fill the batch, and the model waits
-    queued = engine.stream(spec, None, TURNS, GREEDY)  # waits: no room in the batch
-
-    with pytest.raises(ServiceError) as refused:
-        engine.stream(spec, None, TURNS, GREEDY)
-
-    observer.release()
+    try:
+        observer.wait_until_held()  # its two rows fill the batch, and the model waits
+        queued = engine.stream(spec, None, TURNS, GREEDY)  # waits: no room in the batch
+        with pytest.raises(ServiceError) as refused:
+            engine.stream(spec, None, TURNS, GREEDY)
+    finally:
+        observer.release()
     running.close()
     assert collect(queued).candidates[0].token_count > 0
     assert refused.value.code == Code.RESOURCE_EXHAUSTED
@@ -197,14 +197,16 @@ def test_prompts_of_different_lengths_prefill_together_and_match_alone(
     engine = float32_engine(cache_root, observer=observer)
     observer.hold()
     first = engine.stream(spec, None, TURNS, params(LONG, max_output_tokens=30))
-    observer.wait_until_held()
     requests = [
         (adapters[0], TURNS, SAMPLED),
         (adapters[1], OTHER_TURNS, params(SAMPLED, candidate_count=2, seed=21)),
         (None, [Turn("user", "Hi")], GREEDY),
     ]
-    streams = [engine.stream(spec, *request) for request in requests]
-    observer.release()
+    try:
+        observer.wait_until_held()
+        streams = [engine.stream(spec, *request) for request in requests]
+    finally:
+        observer.release()
 
     assert [collect(stream) for stream in streams] == [
         serial_generate(reference, *request) for request in requests

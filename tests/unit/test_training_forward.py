@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
+from tunesmith.training import forward
 from tunesmith.training.forward import (
     GemmaDecoder,
+    LengthRouted,
     PackedTransformersDecoder,
     PaddedTransformersDecoder,
     attention_mask,
@@ -119,6 +121,11 @@ def with_lora(model, targets: list[str], **options):
     return peft_model
 
 
+def chosen(decode):
+    """The decoder a step of a few tokens runs through."""
+    return decode.packed if isinstance(decode, LengthRouted) else decode
+
+
 def loss_and_grads(peft_model, compute) -> tuple[float, list[torch.Tensor]]:
     params = [p for p in peft_model.parameters() if p.requires_grad]
     for param in params:
@@ -149,7 +156,7 @@ def test_packed_loss_and_gradients_match_the_padded_forward(build, targets, prom
     peft_model = with_lora(build(), targets)
     causal_lm = peft_model.get_base_model()
     decode = decoder_for(causal_lm)
-    assert type(decode) is decoder
+    assert type(chosen(decode)) is decoder
     packed = pack(PAIRS, prompt_weight)
 
     expected = loss_and_grads(peft_model, lambda: reference_loss(causal_lm, PAIRS, prompt_weight))
@@ -204,7 +211,34 @@ def test_lora_dropout_and_embedding_noise_in_gemma_decoder_draw_as_transformers_
 @pytest.mark.parametrize("options", [{"use_dora": True}, {"modules_to_save": ["input_layernorm"]}])
 def test_an_adapter_the_gemma_decoder_cannot_run_goes_through_transformers(options):
     peft_model = with_lora(tiny_gemma(), ATTENTION, **options)
-    assert type(decoder_for(peft_model.get_base_model())) is PackedTransformersDecoder
+    assert type(chosen(decoder_for(peft_model.get_base_model()))) is PackedTransformersDecoder
+
+
+def test_a_step_too_long_to_pack_goes_padded_with_the_same_loss(monkeypatch):
+    peft_model = with_lora(tiny_gemma(), EVERY_LINEAR)
+    causal_lm = peft_model.get_base_model()
+    decode = decoder_for(causal_lm)
+    packed = pack(PAIRS, 0.5)
+    calls = []
+    padded = decode.padded
+    monkeypatch.setattr(decode, "padded", lambda *args: calls.append(1) or padded(*args))
+    expected = loss_and_grads(peft_model, lambda: step_loss(causal_lm, decode, packed)[0])
+    assert not calls
+
+    monkeypatch.setattr(forward, "MAX_PACKED_TOKENS", len(packed.ids) - 1)
+    got = loss_and_grads(peft_model, lambda: step_loss(causal_lm, decode, packed)[0])
+    assert calls
+    assert_same(got, expected)
+
+
+def test_stacked_weights_hold_the_layers_weights_once():
+    model = tiny_gemma()
+    attention = model.model.layers[0].self_attn
+    stacked = GemmaDecoder(model).layers[0]["qkv"].weight
+    for linear in (attention.q_proj, attention.k_proj, attention.v_proj):
+        assert linear.weight.untyped_storage().data_ptr() == stacked.untyped_storage().data_ptr()
+    attention.k_proj.weight.data = attention.k_proj.weight.data.clone()  # replaced: rebuilt
+    assert GemmaDecoder(model).layers[0]["qkv"].weight is not stacked
 
 
 def test_gemma_decoder_in_bfloat16_stays_close_to_transformers():

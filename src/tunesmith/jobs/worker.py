@@ -124,10 +124,16 @@ class Worker:
     def preload_default_base(self) -> None:
         """Loads the default base model before the first job and warms it up, so that job
         does not wait for either."""
+        name = self.catalog.default.name
         try:
-            warm_up(self._base(self.catalog.default.name).model)
+            base = self._base(name)
         except Exception:
-            log.exception("could not preload %s; jobs will load it", self.catalog.default.name)
+            log.exception("could not preload %s; jobs will load it", name)
+            return
+        try:
+            warm_up(base.model)
+        except Exception:
+            log.exception("could not warm %s up; its first job will", name)
 
     def run_once(self) -> bool:
         """Claims and runs one job; False when the queue is empty."""

@@ -15,7 +15,7 @@ import torch
 from torch.nn import functional
 from transformers import DynamicCache
 
-from tunesmith.training.forward import vocab_logits
+from tunesmith.training.logits import vocab_logits
 
 
 class KVBatch:

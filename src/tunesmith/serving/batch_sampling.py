@@ -56,7 +56,7 @@ def _greedy(logits: torch.Tensor, groups: list[RowGroup], tokens: list[int]) -> 
     if not groups:
         return
     rows = _rows(groups, logits.device)
-    best = logits[rows].float().argmax(dim=-1)  # bf16's argmax takes twice float32's time
+    best = logits[rows].argmax(dim=-1)
     for row, token in zip(rows.tolist(), best.tolist(), strict=True):
         tokens[row] = token
 

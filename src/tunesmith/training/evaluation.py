@@ -17,7 +17,8 @@ from peft import PeftModel
 
 from tunesmith.domain.resources import Evaluation, TuningExample
 from tunesmith.domain.tuning import epoch_after_step
-from tunesmith.training.forward import Pair, decoder_for, pack, step_loss, vocab_logits
+from tunesmith.training.forward import Pair, decoder_for, pack, step_loss
+from tunesmith.training.logits import vocab_logits
 from tunesmith.training.lora import StepResult
 from tunesmith.training.prompt import PromptCodec
 

@@ -3,8 +3,9 @@
 A step's examples are laid back to back in one sequence with no padding; attention never
 crosses from one example into another, and each example's positions start at 0, so every
 example sees exactly what it would see alone. Logits are computed only at the positions
-whose next token is in the loss, through :func:`vocab_logits`, the one place the output
-projection and the final logit soft-cap live (evaluation and serving use it too).
+whose next token is in the loss, through `training.logits.vocab_logits`, the one place
+the output projection and the final logit soft-cap live (evaluation and serving use it
+too).
 
 Gemma 3 text models run through :class:`GemmaDecoder`, which reads the same weights and
 LoRA parameters as the peft-wrapped model but does per layer what transformers does in
@@ -28,6 +29,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import AuxiliaryTrainingWrapper
 from torch import Tensor
 
+from tunesmith.training.logits import vocab_logits
 from tunesmith.training.recipe import embedding_noise
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ Pair = tuple[list[int], list[int]]  # (prompt ids, answer ids) of one example
 # (one per layer type where the config has layer types) and uses them as given.
 PACKED_MODEL_TYPES = ("gemma3_text", "llama", "qwen2", "qwen3")
 LAYER_TYPES = {"full_attention", "sliding_attention"}
+MAX_PACKED_TOKENS = 2048  # the most tokens a step packs into one sequence
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ def pack(
     )
 
 
-def _predict(into: tuple, seq: list[int], start: int, begin: int, end: int, weight: float):
+def _predict(into: tuple, seq: list[int], start: int, begin: int, end: int, weight: float) -> None:
     """Adds seq[begin:end] as targets, each predicted by the token before it, sharing
     `weight` equally."""
     count = end - begin
@@ -113,22 +116,12 @@ def attention_mask(packed: PackedBatch, window: int | None = None) -> Tensor:
     return allowed & (behind < window) if window else allowed
 
 
-def vocab_logits(causal_lm, hidden: Tensor) -> Tensor:
-    """Float32 logits (rows, vocab) of 2-D hidden states (rows, hidden): the output
-    projection, then the model's final logit soft-cap if it has one. The projection runs on
-    a contiguous copy: a strided input sends a CPU matmul (and peft's layers) down a path
-    that copies the whole 262k-row weight."""
-    logits = causal_lm.get_output_embeddings()(hidden.contiguous()).float()
-    cap = getattr(causal_lm.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
 Decoder = Callable[[PackedBatch, float], Tensor]
 
 
-def step_loss(causal_lm, decode: Decoder, packed: PackedBatch, noise: float = 0.0):
+def step_loss(
+    causal_lm: torch.nn.Module, decode: Decoder, packed: PackedBatch, noise: float = 0.0
+) -> tuple[Tensor, Tensor]:
     """(what a step minimises, the answer loss it reports): the answer loss is the mean over
     the batch's examples of each example's mean answer-token loss; the objective adds the
     prompt tokens' loss as `pack` weighed it. `noise` is NEFTune's alpha (0: none)."""
@@ -147,15 +140,30 @@ def warm_up(causal_lm) -> None:
         step_loss(causal_lm, decoder_for(causal_lm), packed)
 
 
-def decoder_for(causal_lm) -> Decoder:
+def decoder_for(causal_lm: torch.nn.Module) -> Decoder:
     """A function from a packed batch (and NEFTune's alpha) to the final hidden states
     (after the last norm) at its predictor positions, for the model as it is now."""
+    padded = PaddedTransformersDecoder(causal_lm)
     if GemmaDecoder.supports(causal_lm):
-        return GemmaDecoder(causal_lm)
+        return LengthRouted(GemmaDecoder(causal_lm), padded)
     if PackedTransformersDecoder.supports(causal_lm):
-        return PackedTransformersDecoder(causal_lm)
+        return LengthRouted(PackedTransformersDecoder(causal_lm), padded)
     log.debug("%s trains on padded rows", causal_lm.config.model_type)
-    return PaddedTransformersDecoder(causal_lm)
+    return padded
+
+
+@dataclass
+class LengthRouted:
+    """`packed` for a step of at most MAX_PACKED_TOKENS tokens, `padded` (one row per
+    example) beyond: packed attention's masks and scores grow with the square of the
+    step's tokens, padded attention with each example's own length squared."""
+
+    packed: Decoder
+    padded: Decoder
+
+    def __call__(self, batch: PackedBatch, noise: float) -> Tensor:
+        decode = self.packed if len(batch.ids) <= MAX_PACKED_TOKENS else self.padded
+        return decode(batch, noise)
 
 
 def _embed(causal_lm, ids: Tensor, noise: float, length: int) -> Tensor:
@@ -174,7 +182,8 @@ class PackedTransformersDecoder:
         types = set(getattr(config, "layer_types", None) or ())
         return (
             config.model_type in PACKED_MODEL_TYPES
-            and config._attn_implementation in ("sdpa", "eager")
+            # eager attention would add a boolean 4-D mask to the scores, not apply it
+            and config._attn_implementation == "sdpa"
             and not getattr(config, "use_bidirectional_attention", False)
             and types <= LAYER_TYPES
             and bool(types or not getattr(config, "sliding_window", None))
@@ -298,14 +307,34 @@ _concatenated: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _frozen_concat(linears: list[torch.nn.Linear]) -> Tensor:
     """The frozen weights of `linears` stacked, built once per loaded base model (about
-    0.1 s for Gemma 3 270M) and kept while its first layer lives."""
+    0.1 s for Gemma 3 270M) and kept while its first layer lives. Each layer's weight then
+    becomes a view of its rows of the stack, so the weights are in memory once."""
     if len(linears) == 1:
         return linears[0].weight.detach()
     cached = _concatenated.get(linears[0])
-    if cached is None or cached[0] != [id(m) for m in linears]:
-        cached = ([id(m) for m in linears], torch.cat([m.weight.detach() for m in linears]))
+    if cached is None or not _views_of(cached, linears):
+        stacked = torch.cat([m.weight.detach() for m in linears])
+        offset = 0
+        for m in linears:
+            rows = m.weight.shape[0]
+            m.weight.data = stacked[offset : offset + rows]
+            offset += rows
+        cached = ([id(m) for m in linears], stacked)
         _concatenated[linears[0]] = cached
     return cached[1]
+
+
+def _views_of(cached: tuple[list[int], Tensor], linears: list[torch.nn.Linear]) -> bool:
+    """Whether the cached stack is still what `linears` read (nobody replaced a weight)."""
+    ids, stacked = cached
+    if ids != [id(m) for m in linears]:
+        return False
+    offset = 0
+    for m in linears:
+        if m.weight.data_ptr() != stacked[offset].data_ptr():
+            return False
+        offset += m.weight.shape[0]
+    return True
 
 
 def _stack_b(blocks: list[Tensor | None], sizes: list[int], dtype, device) -> Tensor:
@@ -347,6 +376,8 @@ class GemmaDecoder:
         config = causal_lm.config
         if config.model_type not in cls.MODEL_TYPES or config.attn_logit_softcapping:
             return False
+        if getattr(config, "attention_dropout", 0.0):
+            return False
         if getattr(config, "use_bidirectional_attention", False):
             return False
         if config.hidden_activation != "gelu_pytorch_tanh":
@@ -375,7 +406,7 @@ class GemmaDecoder:
         self.layers = [self._prepare(layer) for layer in self.model.layers]
         self.final_norm = _norm_weight(self.model.norm)
 
-    def _prepare(self, layer) -> dict:
+    def _prepare(self, layer: torch.nn.Module) -> dict[str, Tensor | _Projection]:
         attn, mlp = layer.self_attn, layer.mlp
         qk_norm = torch.cat(
             [
