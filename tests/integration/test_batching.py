@@ -182,6 +182,23 @@ def test_a_full_queue_answers_429_with_retry_info(spec, cache_root):
     assert observer.rejected == 1
 
 
+def test_a_closed_streams_rows_are_free_for_the_next_request(spec, cache_root):
+    limits = ServingLimits(max_batch_rows=1, max_queued_requests=0)
+    observer = HoldingObserver()
+    engine = float32_engine(cache_root, limits=limits, observer=observer)
+    observer.hold()
+    gone = engine.stream(spec, None, TURNS, LONG)
+    try:
+        observer.wait_until_held()  # its row fills the batch, and the model waits
+        gone.close()  # its row leaves at the next step: a new request may have it already
+        answer = engine.stream(spec, None, TURNS, GREEDY)
+    finally:
+        observer.release()
+
+    assert collect(answer).candidates[0].token_count > 0
+    assert observer.rejected == 0
+
+
 def test_prompts_of_different_lengths_prefill_together_and_match_alone(
     spec, cache_root, adapters, reference, monkeypatch
 ):

@@ -137,7 +137,7 @@ class Scheduler:
     def _room_for(self, request: Request) -> bool:
         """Whether the batch has rows free for the request beyond all that wait (read from
         another thread: a moment old at worst)."""
-        taken = sum(len(r.active) for r in [*self._running, *self._waiting])
+        taken = _rows_in_use([*self._running, *self._waiting])
         return taken + len(request.active) <= self.limits.max_batch_rows
 
     def cancel(self, request: Request) -> None:
@@ -184,7 +184,7 @@ class Scheduler:
             while not self._waiting and not self._running:
                 self._cond.wait()
             self._expire_waiting()
-            rows = sum(len(r.active) for r in self._running)
+            rows = _rows_in_use(self._running)  # the gone leave before the admitted join
             admitted = []
             for request in list(self._waiting):
                 if rows + len(request.active) > self.limits.max_batch_rows:
@@ -353,6 +353,12 @@ class Scheduler:
             took = now - request.started
             self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * took
         self._observer.request_finished(self._name, now - request.submitted, outcome)
+
+
+def _rows_in_use(requests: list[Request]) -> int:
+    """The batch rows `requests` hold, less those of requests whose client went away: their
+    rows leave at the next step."""
+    return sum(len(r.active) for r in requests if not r.outbox.closed)
 
 
 def _prefill_groups(requests: list[Request]) -> list[list[Request]]:
