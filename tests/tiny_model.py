@@ -41,3 +41,28 @@ def build_tiny_model(dest: Path) -> Path:
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     return dest
+
+
+def tiny_gemma3(softcap: float | None = 30.0, vocab_size: int = 128):
+    """A random 3-layer Gemma 3 in memory: two sliding-window layers (window 4) and one
+    full, a tied output projection, and the final logit soft-cap given."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        final_logit_softcapping=softcap,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(config).eval()

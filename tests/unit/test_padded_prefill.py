@@ -5,30 +5,11 @@ longer prompt, with a tied output projection."""
 from __future__ import annotations
 
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
+from tiny_model import tiny_gemma3
 from tunesmith.serving.batch import prefill
 
 PROMPTS = [[2, 7], [2, 11, 12, 13, 14, 15, 16, 17, 18], [2, 30, 31, 32, 33]]
-
-
-def tiny_gemma() -> Gemma3ForCausalLM:
-    config = Gemma3TextConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=16,
-        query_pre_attn_scalar=16,
-        sliding_window=4,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    return Gemma3ForCausalLM(config).eval()
 
 
 def decode(model, prompts: list[list[int]], steps: int) -> list[torch.Tensor]:
@@ -42,7 +23,7 @@ def decode(model, prompts: list[list[int]], steps: int) -> list[torch.Tensor]:
 
 
 def test_padded_prefill_and_decoding_give_each_prompts_logits_alone():
-    model = tiny_gemma()
+    model = tiny_gemma3(softcap=None, vocab_size=64)
 
     together = decode(model, PROMPTS, steps=6)
 

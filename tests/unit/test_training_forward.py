@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
+from tiny_model import tiny_gemma3
 from tunesmith.training import forward
 from tunesmith.training.forward import (
     GemmaDecoder,
@@ -54,27 +55,6 @@ def reference_loss(causal_lm, pairs, prompt_weight: float = 0.0) -> torch.Tensor
         else:
             prompts.append(torch.zeros(()))
     return torch.stack(answers).mean() + prompt_weight * torch.stack(prompts).mean()
-
-
-def tiny_gemma(softcap: float | None = 30.0):
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    config = Gemma3TextConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=16,
-        query_pre_attn_scalar=16,
-        sliding_window=4,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        final_logit_softcapping=softcap,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    return Gemma3ForCausalLM(config).eval()
 
 
 def tiny_llama():
@@ -144,10 +124,10 @@ def assert_same(got: tuple[float, list], expected: tuple[float, list]) -> None:
 @pytest.mark.parametrize(
     ("build", "targets", "prompt_weight", "decoder"),
     [
-        (tiny_gemma, ATTENTION, 0.0, GemmaDecoder),
-        (tiny_gemma, EVERY_LINEAR, 0.0, GemmaDecoder),
-        (tiny_gemma, EVERY_LINEAR, 0.5, GemmaDecoder),
-        (lambda: tiny_gemma(softcap=None), ATTENTION, 0.0, GemmaDecoder),
+        (tiny_gemma3, ATTENTION, 0.0, GemmaDecoder),
+        (tiny_gemma3, EVERY_LINEAR, 0.0, GemmaDecoder),
+        (tiny_gemma3, EVERY_LINEAR, 0.5, GemmaDecoder),
+        (lambda: tiny_gemma3(softcap=None), ATTENTION, 0.0, GemmaDecoder),
         (tiny_llama, EVERY_LINEAR, 0.5, PackedTransformersDecoder),
         (tiny_mistral, ATTENTION, 0.5, PaddedTransformersDecoder),
     ],
@@ -166,7 +146,7 @@ def test_packed_loss_and_gradients_match_the_padded_forward(build, targets, prom
 
 @pytest.mark.parametrize("decoder", [PackedTransformersDecoder, PaddedTransformersDecoder])
 def test_transformers_decoders_of_gemma_match_the_padded_forward(decoder):
-    peft_model = with_lora(tiny_gemma(), EVERY_LINEAR)
+    peft_model = with_lora(tiny_gemma3(), EVERY_LINEAR)
     causal_lm = peft_model.get_base_model()
     packed = pack(PAIRS, 0.5)
     expected = loss_and_grads(peft_model, lambda: reference_loss(causal_lm, PAIRS, 0.5))
@@ -175,7 +155,7 @@ def test_transformers_decoders_of_gemma_match_the_padded_forward(decoder):
 
 
 def test_the_reported_loss_is_the_answer_loss_whatever_the_prompt_weight():
-    causal_lm = with_lora(tiny_gemma(), ATTENTION).get_base_model()
+    causal_lm = with_lora(tiny_gemma3(), ATTENTION).get_base_model()
     decode = decoder_for(causal_lm)
     with torch.no_grad():
         plain, reported = step_loss(causal_lm, decode, pack(PAIRS))
@@ -189,7 +169,7 @@ def test_the_reported_loss_is_the_answer_loss_whatever_the_prompt_weight():
 def test_lora_dropout_and_embedding_noise_in_gemma_decoder_draw_as_transformers_does():
     """Same seed, same draws: LoRA dropout per projection in peft's order, and NEFTune
     noise on the embedded packed sequence."""
-    peft_model = with_lora(tiny_gemma(), EVERY_LINEAR, lora_dropout=0.3)
+    peft_model = with_lora(tiny_gemma3(), EVERY_LINEAR, lora_dropout=0.3)
     peft_model.train()
     causal_lm = peft_model.get_base_model()
     packed = pack(PAIRS, 0.5)
@@ -210,12 +190,12 @@ def test_lora_dropout_and_embedding_noise_in_gemma_decoder_draw_as_transformers_
 
 @pytest.mark.parametrize("options", [{"use_dora": True}, {"modules_to_save": ["input_layernorm"]}])
 def test_an_adapter_the_gemma_decoder_cannot_run_goes_through_transformers(options):
-    peft_model = with_lora(tiny_gemma(), ATTENTION, **options)
+    peft_model = with_lora(tiny_gemma3(), ATTENTION, **options)
     assert type(chosen(decoder_for(peft_model.get_base_model()))) is PackedTransformersDecoder
 
 
 def test_a_step_too_long_to_pack_goes_padded_with_the_same_loss(monkeypatch):
-    peft_model = with_lora(tiny_gemma(), EVERY_LINEAR)
+    peft_model = with_lora(tiny_gemma3(), EVERY_LINEAR)
     causal_lm = peft_model.get_base_model()
     decode = decoder_for(causal_lm)
     packed = pack(PAIRS, 0.5)
@@ -232,7 +212,7 @@ def test_a_step_too_long_to_pack_goes_padded_with_the_same_loss(monkeypatch):
 
 
 def test_stacked_weights_hold_the_layers_weights_once():
-    model = tiny_gemma()
+    model = tiny_gemma3()
     attention = model.model.layers[0].self_attn
     stacked = GemmaDecoder(model).layers[0]["qkv"].weight
     for linear in (attention.q_proj, attention.k_proj, attention.v_proj):
@@ -242,7 +222,7 @@ def test_stacked_weights_hold_the_layers_weights_once():
 
 
 def test_gemma_decoder_in_bfloat16_stays_close_to_transformers():
-    peft_model = with_lora(tiny_gemma().to(torch.bfloat16), ATTENTION)
+    peft_model = with_lora(tiny_gemma3().to(torch.bfloat16), ATTENTION)
     causal_lm = peft_model.get_base_model()
     expected = reference_loss(causal_lm, PAIRS).item()
     got = step_loss(causal_lm, GemmaDecoder(causal_lm), pack(PAIRS))[1].item()
@@ -273,7 +253,7 @@ def test_attention_never_crosses_examples_and_respects_the_window():
 
 
 def test_warm_up_builds_the_stacked_weights_the_first_job_then_reuses():
-    model = tiny_gemma()
+    model = tiny_gemma3()
     warm_up(model)
     warmed = GemmaDecoder(model).layers[0]["qkv"].weight
     peft_model = with_lora(model, ATTENTION)
