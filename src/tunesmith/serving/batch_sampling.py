@@ -56,7 +56,7 @@ def _greedy(logits: torch.Tensor, groups: list[RowGroup], tokens: list[int]) -> 
     if not groups:
         return
     rows = _rows(groups, logits.device)
-    best = logits[rows].argmax(dim=-1)
+    best = _picked(logits, rows).argmax(dim=-1)
     for row, token in zip(rows.tolist(), best.tolist(), strict=True):
         tokens[row] = token
 
@@ -68,8 +68,7 @@ def _topped(logits: torch.Tensor, groups: list[RowGroup], tokens: list[int]) -> 
     temperatures = torch.tensor(
         [g.params.temperature for g in groups for _ in range(g.count)], device=logits.device
     )
-    every_row = len(rows) == logits.shape[0]  # rows are in order: no copy to pick them
-    scaled = (logits if every_row else logits[rows]).float() / temperatures[:, None]
+    scaled = _picked(logits, rows).float() / temperatures[:, None]
     width = min(logits.shape[-1], max(g.params.top_k for g in groups) + SLACK)
     values, ids = torch.topk(scaled, width)
     whole = width == logits.shape[-1]
@@ -107,6 +106,12 @@ def _draw_top(
     width = int(torch.isfinite(kept).sum(dim=-1).max())
     choice = torch.multinomial(torch.softmax(kept[:, :width], dim=-1), 1, generator=generator)
     return ids[:, :width].gather(-1, choice).squeeze(-1)
+
+
+def _picked(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The logits of `rows` (ascending): the tensor itself, not a copy, when they are all of
+    its rows."""
+    return logits if len(rows) == logits.shape[0] else logits[rows]
 
 
 def _rows(groups: list[RowGroup], device) -> torch.Tensor:
