@@ -57,38 +57,34 @@ def reference_loss(causal_lm, pairs, prompt_weight: float = 0.0) -> torch.Tensor
     return torch.stack(answers).mean() + prompt_weight * torch.stack(prompts).mean()
 
 
-def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_causal_lm(family: str, **config):
+    """A random 2-layer model of a transformers family ("Llama", "Mistral")."""
+    import transformers
 
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
+    config_class = getattr(transformers, f"{family}Config")
+    model_class = getattr(transformers, f"{family}ForCausalLM")
     torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
+    return model_class(
+        config_class(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            **config,
+        )
+    ).eval()
+
+
+def tiny_llama():
+    return tiny_causal_lm("Llama")
 
 
 def tiny_mistral():
     """A sliding window without layer types: a packed 4-D mask would drop the window."""
-    from transformers import MistralConfig, MistralForCausalLM
-
-    config = MistralConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=4,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    return MistralForCausalLM(config).eval()
+    return tiny_causal_lm("Mistral", sliding_window=4)
 
 
 def with_lora(model, targets: list[str], **options):
