@@ -20,7 +20,7 @@ from engine_support import (
 )
 from tunesmith.domain.errors import Code, ServiceError
 from tunesmith.domain.resources import Turn
-from tunesmith.serving import scheduler as scheduler_module
+from tunesmith.serving.batch import TransformersPasses
 from tunesmith.serving.engine import Engine, GenerationCollector, ServingLimits, request_deadline
 from tunesmith.serving.sampling import SamplingParams
 from tunesmith.training.base_models import BaseModelSpec, load_base_model
@@ -203,13 +203,13 @@ def test_prompts_of_different_lengths_prefill_together_and_match_alone(
     spec, cache_root, adapters, reference, monkeypatch
 ):
     prefills: list[list[int]] = []
-    real_prefill = scheduler_module.prefill
+    real_prefill = TransformersPasses.prefill
 
-    def recorded(model, prompts):
+    def recorded(passes, prompts):
         prefills.append([len(prompt) for prompt in prompts])
-        return real_prefill(model, prompts)
+        return real_prefill(passes, prompts)
 
-    monkeypatch.setattr(scheduler_module, "prefill", recorded)
+    monkeypatch.setattr(TransformersPasses, "prefill", recorded)
     observer = HoldingObserver()
     engine = float32_engine(cache_root, observer=observer)
     observer.hold()

@@ -40,7 +40,7 @@ def test_a_packed_linear_computes_what_the_linear_does(shape):
     x = torch.randn(*shape, dtype=torch.bfloat16)
 
     with torch.inference_mode():
-        torch.testing.assert_close(PackedLinear(linear)(x), linear(x))
+        torch.testing.assert_close(PackedLinear.of(linear)(x), linear(x))
 
 
 def test_float32_models_are_not_packed(spec, cache_root):

@@ -1,4 +1,4 @@
-"""The model passes of continuous batching: a request's prompt alone, then one decoding
+"""The model passes of continuous batching: prompts prefilled together, then one decoding
 step for every running row together.
 
 Rows join with KV caches of different lengths. They are kept left-padded to one length in
@@ -7,14 +7,20 @@ own next position: the padding is masked out of attention and costs nothing but 
 of the attention reads. The cache has only full (not sliding-window) layers, so that rows
 can be padded, selected and joined alike; the model's sliding-window mask still limits what
 those layers attend to.
+
+`TransformersPasses` runs any causal LM through its transformers decoder; Gemma 3 has a
+leaner path of its own (`serving.gemma`). Both keep their rows in a `KVBatch`.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 from torch.nn import functional
 from transformers import DynamicCache
 
+from tunesmith.serving.packed import pack_linear_layers
 from tunesmith.training.logits import vocab_logits
 
 
@@ -57,47 +63,83 @@ class KVBatch:
         self.mask = torch.cat([_pad_mask(self.mask, length), _pad_mask(other.mask, length)])
         self.positions = torch.cat([self.positions, other.positions])
 
-    @torch.inference_mode()
-    def step(self, model, tokens: torch.Tensor) -> torch.Tensor:
-        """Feeds each row its last token; the logits (rows, vocab) of each row's next one."""
+    def next_mask(self) -> torch.Tensor:
+        """The mask once each row has fed one more (real) token."""
         real = torch.ones(self.rows, 1, dtype=torch.bool, device=self.mask.device)
-        mask = torch.cat([self.mask, real], dim=1)
-        out = model.get_decoder()(
+        return torch.cat([self.mask, real], dim=1)
+
+    def advance(self, mask: torch.Tensor) -> None:
+        """Records that each row fed one more token (its cache holds it now)."""
+        self.mask = mask
+        self.positions = self.positions + 1
+
+
+class Passes(Protocol):
+    """A served model's two passes."""
+
+    def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, KVBatch]:
+        """Runs prompts together, left-padded to the longest; their last logits (one row
+        each, float32), and a batch of one row each holding their KV caches."""
+        ...
+
+    def step(self, kv: KVBatch, tokens: torch.Tensor) -> torch.Tensor:
+        """Feeds each row its last token; the float32 logits (rows, vocab) of each row's
+        next one."""
+        ...
+
+
+class TransformersPasses:
+    """Any causal LM through its transformers decoder, its linear layers packed for oneDNN
+    where they can be."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.packed = pack_linear_layers(model)
+
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, KVBatch]:
+        ids, mask = left_padded(prompts, self.model.device)
+        padded = not bool(mask.all())
+        cache = DynamicCache()
+        out = self.model.get_decoder()(
+            input_ids=ids,
+            attention_mask=mask if padded else None,
+            position_ids=first_positions(mask) if padded else None,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = last_logits(self.model, out.last_hidden_state)
+        return logits, KVBatch(cache, mask, mask.sum(dim=1))
+
+    @torch.inference_mode()
+    def step(self, kv: KVBatch, tokens: torch.Tensor) -> torch.Tensor:
+        mask = kv.next_mask()
+        out = self.model.get_decoder()(
             input_ids=tokens[:, None],
             # without padding, no mask: attention then takes its plain (faster) path
             attention_mask=None if bool(mask.all()) else mask,
-            position_ids=self.positions[:, None],
-            past_key_values=self.cache,
+            position_ids=kv.positions[:, None],
+            past_key_values=kv.cache,
             use_cache=True,
         )
-        self.mask = mask
-        self.positions = self.positions + 1
-        return last_logits(model, out.last_hidden_state)
+        kv.advance(mask)
+        return last_logits(self.model, out.last_hidden_state)
 
 
-@torch.inference_mode()
-def prefill(model, prompts: list[list[int]]) -> tuple[torch.Tensor, KVBatch]:
-    """Runs prompts together, left-padded to the longest; their last logits (one row each),
-    and a batch of one row each holding their KV caches."""
+def left_padded(prompts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts as (rows, longest) ids, padded on the left, and the mask of real tokens."""
     length = max(len(prompt) for prompt in prompts)
     ids = torch.zeros(len(prompts), length, dtype=torch.long)
     mask = torch.zeros(len(prompts), length, dtype=torch.bool)
     for row, prompt in enumerate(prompts):
         ids[row, length - len(prompt) :] = torch.tensor(prompt)
         mask[row, length - len(prompt) :] = True
-    ids, mask = ids.to(model.device), mask.to(model.device)
-    padded = not bool(mask.all())
-    cache = DynamicCache()
-    out = model.get_decoder()(
-        input_ids=ids,
-        attention_mask=mask if padded else None,
-        # each row's positions count from its first real token
-        position_ids=(mask.long().cumsum(dim=1) - 1).clamp(min=0) if padded else None,
-        past_key_values=cache,
-        use_cache=True,
-    )
-    positions = mask.sum(dim=1)
-    return last_logits(model, out.last_hidden_state), KVBatch(cache, mask, positions)
+    return ids.to(device), mask.to(device)
+
+
+def first_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Each left-padded row's positions, counting from its first real token."""
+    return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 def last_logits(model, hidden: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,9 @@ adapters' A matrices are concatenated along the rank (`A_cat`, [R, in]), their B
 with the scale folded in likewise (`B_cat`, [out, R]), and a [rows, R] mask of ones picks
 each row's own block: `((x A_cat^T) * mask) B_cat^T`. That is two small matmuls per layer
 whatever the mix of adapters in the batch, with no per-row gather. A row without an adapter
-has an all-zero mask row and gets exactly the base layer's output.
+has an all-zero mask row and gets exactly the base layer's output. A forward pass that runs
+several layers reading the same input as one matmul (q/k/v, gate/up) adds their deltas with
+`AdapterBank.adapted`: A matrices stacked, B matrices block-diagonal, still two matmuls.
 
 Adapters are read with safetensors, never with peft: a config can make peft rewrite base
 weights on load (`init_lora_weights: "pissa"`), and serving needs none of that machinery.
@@ -130,11 +132,7 @@ class _LoraLayer:
         self.handle = linear.register_forward_hook(self._hook)
 
     def _hook(self, _module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        mask = self.bank.mask
-        if mask is None:
-            return output
-        hidden = torch.matmul(args[0].to(self.a_cat.dtype), self.a_cat.T) * mask
-        return (output + torch.matmul(hidden, self.b_cat.T)).to(output.dtype)
+        return self.bank.adapted((self.name,), args[0], output)
 
     def rebuild(self, slots: list[AdapterWeights | None], ranks: list[int], device) -> None:
         out_features, in_features = self.linear.out_features, self.linear.in_features
@@ -171,6 +169,7 @@ class AdapterBank:
         self._pins: dict[int, int] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._layers: dict[str, _LoraLayer] = {}
+        self._stacks: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor, int] | None] = {}
         self._offsets: list[tuple[int, int]] = [(0, 0)]  # each slot's columns of A_cat
         self._width = 0  # R: the resident adapters' ranks summed
         self.mask: torch.Tensor | None = None  # set around each forward pass
@@ -205,6 +204,42 @@ class AdapterBank:
     def release(self, slot: int) -> None:
         if slot != NO_ADAPTER:
             self._pins[slot] -= 1
+
+    def adapted(
+        self, names: tuple[str, ...], x: torch.Tensor, output: torch.Tensor
+    ) -> torch.Tensor:
+        """The `output` of linear layers `names` for input `x` (their outputs side by side,
+        in that order), plus each row's adapter deltas."""
+        stack = self._stack(names) if self.mask is not None else None
+        if stack is None:
+            return output
+        a, b, count = stack
+        mask = self.mask if count == 1 else self.mask.repeat(1, 1, count)
+        hidden = torch.matmul(x.to(a.dtype), a.T) * mask
+        return (output + torch.matmul(hidden, b.T)).to(output.dtype)
+
+    def _stack(self, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """The adapted ones of `names`' A matrices stacked, their B matrices block-diagonal
+        (a layer no adapter adapts adds zero rows), and how many are adapted; None if none
+        is. Built once per set of resident adapters."""
+        if names not in self._stacks:
+            layers = [self._layers.get(name) for name in names]
+            present = [layer for layer in layers if layer]
+            stack = None
+            if len(present) == 1 and len(names) == 1:
+                stack = (present[0].a_cat, present[0].b_cat, 1)
+            elif present:
+                device = self._model.device
+                blocks = [
+                    layer.b_cat
+                    if layer
+                    else torch.zeros(self._linear(n).out_features, 0, device=device)
+                    for n, layer in zip(names, layers, strict=True)
+                ]
+                a = torch.cat([layer.a_cat for layer in present])
+                stack = (a, torch.block_diag(*blocks), len(present))
+            self._stacks[names] = stack
+        return self._stacks[names]
 
     def row_mask(self, slots: list[int]) -> torch.Tensor | None:
         """The [rows, 1, R] mask selecting each row's adapter; None if no row has one."""
@@ -255,6 +290,7 @@ class AdapterBank:
             if layer is None:
                 layer = self._layers[name] = _LoraLayer(self, name, self._linear(name))
             layer.rebuild(self._slots, ranks, self._model.device)
+        self._stacks.clear()
 
     def _linear(self, name: str) -> Linear:
         try:

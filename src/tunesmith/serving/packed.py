@@ -17,13 +17,17 @@ from torch import nn
 
 
 class PackedLinear(nn.Module):
-    """An `nn.Linear`'s computation on its weight packed for oneDNN."""
+    """`x W^T (+ b)` on a weight W packed for oneDNN."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
-        self.bias = linear.bias
+        self.out_features, self.in_features = weight.shape
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+        self.bias = bias
+
+    @classmethod
+    def of(cls, linear: nn.Linear) -> PackedLinear:
+        return cls(linear.weight, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -56,5 +60,14 @@ def pack_linear_layers(model: nn.Module) -> int:
         if isinstance(child, nn.Linear)
     ]
     for parent, name, linear in found:
-        setattr(parent, name, PackedLinear(linear))
+        setattr(parent, name, PackedLinear.of(linear))
     return len(found)
+
+
+def pack_output_projection(causal_lm) -> bool:
+    """Packs the model's output projection alone, if `can_pack`; whether it did."""
+    projection = causal_lm.get_output_embeddings()
+    if not can_pack(causal_lm) or not isinstance(projection, nn.Linear):
+        return False
+    causal_lm.set_output_embeddings(PackedLinear.of(projection))
+    return True

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 import torch
 
 from tunesmith.domain.errors import Code, ServiceError
-from tunesmith.serving.batch import KVBatch, prefill
+from tunesmith.serving.batch import KVBatch, Passes, TransformersPasses
 from tunesmith.serving.batch_sampling import RowGroup, draw_rows
+from tunesmith.serving.gemma import GemmaPasses
 from tunesmith.serving.lora import NO_ADAPTER, AdapterBank, AdapterError, AdapterWeights
 from tunesmith.serving.outbox import Outbox, StreamChunk
-from tunesmith.serving.packed import pack_linear_layers
 from tunesmith.serving.sampling import SamplingParams
 from tunesmith.serving.text import CandidateText
 
@@ -102,14 +102,14 @@ class Scheduler:
         self.limits = limits
         self._name = loaded.spec.name
         self._observer = observer
-        if packed := pack_linear_layers(loaded.model):
-            log.info("%s: %d linear layers packed for oneDNN", self._name, packed)
         self.adapters = AdapterBank(
             loaded.model,
             adapter_capacity,
             on_load=lambda: observer.adapter_loaded(self._name),
             on_evict=lambda: observer.adapter_evicted(self._name),
         )
+        self._passes = _passes_for(loaded.model, self.adapters)
+        log.info("%s served by %s", self._name, type(self._passes).__name__)
         self._stop_ids = set(loaded.codec.stop_token_ids)
         self._cond = threading.Condition()
         self._waiting: deque[Request] = deque()
@@ -254,7 +254,7 @@ class Scheduler:
             request.started = started
         self.adapters.mask = self.adapters.row_mask([r.slot for r in requests])
         try:
-            logits, kv = prefill(self.loaded.model, [r.prompt for r in requests])
+            logits, kv = self._passes.prefill([r.prompt for r in requests])
         finally:
             self.adapters.mask = None
         copies = [i for i, r in enumerate(requests) for _ in r.active]  # a row per candidate
@@ -292,7 +292,7 @@ class Scheduler:
         self._observer.step(self._name, len(slots))
         self.adapters.mask = self.adapters.row_mask(slots)
         try:
-            logits = self._kv.step(self.loaded.model, tokens)
+            logits = self._passes.step(self._kv, tokens)
         finally:
             self.adapters.mask = None
         groups = self._groups(running)
@@ -353,6 +353,12 @@ class Scheduler:
             took = now - request.started
             self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * took
         self._observer.request_finished(self._name, now - request.submitted, outcome)
+
+
+def _passes_for(model, bank: AdapterBank) -> Passes:
+    """Gemma 3's own lean passes where they compute what transformers would, else the
+    transformers decoder."""
+    return GemmaPasses(model, bank) if GemmaPasses.supports(model) else TransformersPasses(model)
 
 
 def _rows_in_use(requests: list[Request]) -> int:
