@@ -210,11 +210,11 @@ def test_a_step_too_long_to_pack_goes_padded_with_the_same_loss(monkeypatch):
 def test_stacked_weights_hold_the_layers_weights_once():
     model = tiny_gemma3()
     attention = model.model.layers[0].self_attn
-    stacked = GemmaDecoder(model).layers[0]["qkv"].weight
+    stacked = GemmaDecoder(model).layers[0].qkv.weight
     for linear in (attention.q_proj, attention.k_proj, attention.v_proj):
         assert linear.weight.untyped_storage().data_ptr() == stacked.untyped_storage().data_ptr()
     attention.k_proj.weight.data = attention.k_proj.weight.data.clone()  # replaced: rebuilt
-    assert GemmaDecoder(model).layers[0]["qkv"].weight is not stacked
+    assert GemmaDecoder(model).layers[0].qkv.weight is not stacked
 
 
 def test_gemma_decoder_in_bfloat16_stays_close_to_transformers():
@@ -251,8 +251,8 @@ def test_attention_never_crosses_examples_and_respects_the_window():
 def test_warm_up_builds_the_stacked_weights_the_first_job_then_reuses():
     model = tiny_gemma3()
     warm_up(model)
-    warmed = GemmaDecoder(model).layers[0]["qkv"].weight
+    warmed = GemmaDecoder(model).layers[0].qkv.weight
     peft_model = with_lora(model, ATTENTION)
-    job = GemmaDecoder(peft_model.get_base_model()).layers[0]["qkv"].weight
+    job = GemmaDecoder(peft_model.get_base_model()).layers[0].qkv.weight
     assert job is warmed
     assert not any(p.grad is not None for p in peft_model.parameters())

@@ -29,6 +29,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import AuxiliaryTrainingWrapper
 from torch import Tensor
 
+from tunesmith.training import gemma_layer
+from tunesmith.training.gemma_layer import LAYER_TYPES, GemmaLayers
 from tunesmith.training.logits import vocab_logits
 from tunesmith.training.recipe import embedding_noise
 
@@ -38,7 +40,6 @@ Pair = tuple[list[int], list[int]]  # (prompt ids, answer ids) of one example
 # Architectures whose transformers decoder takes per-token positions and a custom 4-D mask
 # (one per layer type where the config has layer types) and uses them as given.
 PACKED_MODEL_TYPES = ("gemma3_text", "llama", "qwen2", "qwen3")
-LAYER_TYPES = {"full_attention", "sliding_attention"}
 MAX_PACKED_TOKENS = 2048  # the most tokens a step packs into one sequence
 
 
@@ -349,11 +350,6 @@ def _stack_b(blocks: list[Tensor | None], sizes: list[int], dtype, device) -> Te
     return torch.block_diag(*parts)
 
 
-def _norm_weight(norm) -> Tensor:
-    """Gemma's RMSNorm scales by (1 + weight), in float32."""
-    return 1.0 + norm.weight.detach().float()
-
-
 def _layer_linears(layer) -> list:
     attn, mlp = layer.self_attn, layer.mlp
     return [
@@ -363,26 +359,14 @@ def _layer_linears(layer) -> list:
 
 
 class GemmaDecoder:
-    """Gemma 3's text decoder over a packed batch, with the arithmetic of transformers'
-    Gemma3TextModel (float32 norms, bfloat16 residual stream, rotary embedding from the
-    model's own module, sliding-window layers) and peft's LoRA (float32 deltas)."""
-
-    MODEL_TYPES = ("gemma3_text",)
+    """Gemma 3's text decoder over a packed batch (`training.gemma_layer`, the layer serving
+    runs too) with peft's LoRA (float32 deltas) on the frozen weights."""
 
     @classmethod
     def supports(cls, causal_lm) -> bool:
         """Whether this decoder computes exactly what transformers' would: the config's
         features it implements, and adapters only where it applies them."""
-        config = causal_lm.config
-        if config.model_type not in cls.MODEL_TYPES or config.attn_logit_softcapping:
-            return False
-        if getattr(config, "attention_dropout", 0.0):
-            return False
-        if getattr(config, "use_bidirectional_attention", False):
-            return False
-        if config.hidden_activation != "gelu_pytorch_tanh":
-            return False
-        if not set(config.layer_types) <= LAYER_TYPES:
+        if not gemma_layer.supported(causal_lm.config):
             return False
         decoder = causal_lm.get_decoder()
         linears = [m for layer in decoder.layers for m in _layer_linears(layer)]
@@ -393,84 +377,32 @@ class GemmaDecoder:
         return adapted <= handled and all(_plain_lora(m) is not False for m in linears)
 
     def __init__(self, causal_lm) -> None:
-        config = causal_lm.config
         self.causal_lm = causal_lm
-        self.model = causal_lm.get_decoder()
-        self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads
-        self.head_dim = config.head_dim
-        self.scaling = config.query_pre_attn_scalar**-0.5
-        self.eps = config.rms_norm_eps
-        self.window = config.sliding_window
-        self.layer_types = list(config.layer_types)
-        self.layers = [self._prepare(layer) for layer in self.model.layers]
-        self.final_norm = _norm_weight(self.model.norm)
-
-    def _prepare(self, layer: torch.nn.Module) -> dict[str, Tensor | _Projection]:
-        attn, mlp = layer.self_attn, layer.mlp
-        qk_norm = torch.cat(
-            [
-                _norm_weight(attn.q_norm).expand(self.heads, -1),
-                _norm_weight(attn.k_norm).expand(self.kv_heads, -1),
-            ]
-        )
-        return {
-            "input": _norm_weight(layer.input_layernorm),
-            "qkv": _Projection([attn.q_proj, attn.k_proj, attn.v_proj]),
-            "qk_norm": qk_norm,
-            "o": _Projection([attn.o_proj]),
-            "post_attention": _norm_weight(layer.post_attention_layernorm),
-            "pre_feedforward": _norm_weight(layer.pre_feedforward_layernorm),
-            "gate_up": _Projection([mlp.gate_proj, mlp.up_proj]),
-            "down": _Projection([mlp.down_proj]),
-            "post_feedforward": _norm_weight(layer.post_feedforward_layernorm),
-        }
-
-    def _norm(self, x: Tensor, weight: Tensor) -> Tensor:
-        """RMS norm over the last dimension in float32; `weight` may hold one row per head."""
-        if weight.dim() == 1:
-            return F.rms_norm(x.float(), weight.shape, weight, self.eps).to(x.dtype)
-        return (F.rms_norm(x.float(), weight.shape[-1:], None, self.eps) * weight).to(x.dtype)
-
-    def _rotary(self, x: Tensor, packed: PackedBatch) -> dict[str, tuple[Tensor, Tensor]]:
-        """cos and signed sin (T, 1, D) per layer type: x * cos + roll(x) * sin is
-        transformers' rotate_half form."""
-        out = {}
-        for layer_type in set(self.layer_types):
-            cos, sin = self.model.rotary_emb(x, packed.positions[None], layer_type)
-            half = sin.shape[-1] // 2
-            signed = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
-            out[layer_type] = (cos[0, :, None], signed[0, :, None])
-        return out
+        self.gemma = GemmaLayers(causal_lm.get_decoder(), causal_lm.config)
+        self.layers = [
+            self.gemma.weights(layer, lambda *modules: _Projection(list(modules)))
+            for layer in self.gemma.decoder.layers
+        ]
 
     def __call__(self, packed: PackedBatch, noise: float) -> Tensor:
-        x = _embed(self.causal_lm, packed.ids, noise, packed.width)
-        rotary = self._rotary(x, packed)
+        gemma = self.gemma
+        x = _embed(self.causal_lm, packed.ids, noise, packed.width)[None]
+        rotary = gemma.rotary(x, packed.positions[None])
         masks = {
             "full_attention": attention_mask(packed),
-            "sliding_attention": attention_mask(packed, self.window),
+            "sliding_attention": attention_mask(packed, gemma.window),
         }
-        for weights, layer_type in zip(self.layers, self.layer_types, strict=True):
-            x = self._layer(x, weights, rotary[layer_type], masks[layer_type])
-        return self._norm(x[packed.predictors], self.final_norm)
+        for weights, kind in zip(self.layers, gemma.layer_types, strict=True):
 
-    def _layer(self, x: Tensor, w: dict, rotary: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
-        tokens, heads, kv, dim = x.shape[0], self.heads, self.kv_heads, self.head_dim
-        qkv = w["qkv"](self._norm(x, w["input"]))
-        qk, v = qkv.split([(heads + kv) * dim, kv * dim], dim=-1)
-        qk = self._norm(qk.view(tokens, heads + kv, dim), w["qk_norm"])
-        cos, sin = rotary
-        qk = qk * cos + qk.roll(dim // 2, dims=-1) * sin
-        q, k = qk.transpose(0, 1).split([heads, kv])
-        v = v.view(tokens, kv, dim).transpose(0, 1)
-        if kv != heads:  # SDPA's enable_gqa takes a CPU path about 3x slower at 1k tokens
-            k, v = (t.repeat_interleave(heads // kv, dim=0) for t in (k, v))
+            def attend(q: Tensor, k: Tensor, v: Tensor, mask=masks[kind]) -> Tensor:
+                return self._attend(q, k, v, mask)
+
+            x = gemma.layer(x, weights, rotary[kind], attend)
+        return gemma.norm(x[0, packed.predictors], gemma.final_norm)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:  # SDPA's enable_gqa takes a CPU path about 3x slower at 1k tokens
+            k, v = (t.repeat_interleave(groups, dim=1) for t in (k, v))
         # 4-D, or CPU SDPA falls back from its flash kernel to materialised attention
-        attended = F.scaled_dot_product_attention(
-            q[None], k[None], v[None], attn_mask=mask, scale=self.scaling
-        )[0]
-        out = w["o"](attended.transpose(0, 1).reshape(tokens, heads * dim))
-        x = x + self._norm(out, w["post_attention"])
-        gate, up = w["gate_up"](self._norm(x, w["pre_feedforward"])).chunk(2, dim=-1)
-        hidden = F.gelu(gate, approximate="tanh") * up
-        return x + self._norm(w["down"](hidden), w["post_feedforward"])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.gemma.scaling)
