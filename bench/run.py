@@ -34,6 +34,7 @@ from tunesmith.config import Settings
 from tunesmith.domain.resources import Hyperparameters, TuningExample, Turn
 from tunesmith.training import lora
 from tunesmith.training.base_models import Catalog, LoadedBaseModel, load_base_model
+from tunesmith.training.forward import warm_up
 from tunesmith.training.recipe import DEFAULT_RECIPE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,6 +314,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         base = load(args.base_model_dir)
+        warm_up(base.model)  # as a worker does when it starts, before its first job
         flops = [job.flops(base) for job in jobs]
         ours = [tunesmith_training(base, work / f"ours{i}", job) for i, job in enumerate(jobs)]
         del base

@@ -13,12 +13,12 @@ RUNNING = (JobStatus.RUNNING, 3)
 class Progress:
     """An operation's progress as the store would report it, changing after `reads`."""
 
-    def __init__(self, changes_after: int) -> None:
-        self.reads, self.changes_after = 0, changes_after
+    def __init__(self, changes_after: int, to=(JobStatus.RUNNING, 4)) -> None:
+        self.reads, self.changes_after, self.to = 0, changes_after, to
 
     async def __call__(self):
         self.reads += 1
-        return (JobStatus.RUNNING, 4) if self.reads > self.changes_after else RUNNING
+        return self.to if self.reads > self.changes_after else RUNNING
 
 
 def wait(pacer: PollPacer, progress: Progress) -> None:
@@ -41,6 +41,14 @@ def test_a_tight_repeat_waits_until_the_operation_changes():
     progress = Progress(changes_after=5)
     wait(pacer, progress)
     assert progress.reads == 6  # unchanged five times, then the change that ends the wait
+
+
+def test_a_tight_repeat_is_answered_once_the_operation_ends_without_waiting_out_the_pace():
+    pacer = PollPacer(min_interval=60, max_hold=120, check_every=0.001)
+    pacer.answered("key", RUNNING)
+    progress = Progress(changes_after=3, to=(JobStatus.SUCCEEDED, 4))
+    wait(pacer, progress)  # would take a minute if the pace held
+    assert progress.reads == 4
 
 
 def test_a_tight_repeat_of_a_finished_operation_is_only_paced():

@@ -22,6 +22,7 @@ from tunesmith.training.forward import (
     step_loss,
     warm_up,
 )
+from tunesmith.training.prepacked import frozen_matmul, prepackable
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 EVERY_LINEAR = [*ATTENTION, "gate_proj", "up_proj", "down_proj"]
@@ -256,3 +257,41 @@ def test_warm_up_builds_the_stacked_weights_the_first_job_then_reuses():
     job = GemmaDecoder(peft_model.get_base_model()).layers[0].qkv.weight
     assert job is warmed
     assert not any(p.grad is not None for p in peft_model.parameters())
+
+
+@pytest.mark.skipif(
+    not prepackable(torch.zeros(1, 1, dtype=torch.bfloat16)), reason="no oneDNN bf16 kernels"
+)
+def test_the_prepacked_output_projection_agrees_with_the_plain_one_in_bfloat16(monkeypatch):
+    peft_model = with_lora(tiny_gemma3(softcap=None).to(torch.bfloat16), ATTENTION)
+    causal_lm = peft_model.get_base_model()
+    decode = decoder_for(causal_lm)
+    packed = pack(PAIRS, 0.5)
+    assert forward._output_matmul(causal_lm) is not None
+    got = loss_and_grads(peft_model, lambda: step_loss(causal_lm, decode, packed)[0])
+    monkeypatch.setattr(forward, "_output_matmul", lambda causal_lm: None)
+    expected = loss_and_grads(peft_model, lambda: step_loss(causal_lm, decode, packed)[0])
+    assert got[0] == pytest.approx(expected[0], rel=1e-2)
+    for have, want in zip(got[1], expected[1], strict=True):
+        torch.testing.assert_close(have, want, rtol=2e-2, atol=2e-3)
+
+
+def test_float32_keeps_torchs_own_output_projection():
+    assert forward._output_matmul(tiny_gemma3()) is None
+
+
+@pytest.mark.skipif(
+    not prepackable(torch.zeros(1, 1, dtype=torch.bfloat16)), reason="no oneDNN bf16 kernels"
+)
+def test_a_prepacked_weight_is_packed_once_and_again_after_a_change_in_place():
+    weight = torch.randn(8, 4, dtype=torch.bfloat16)
+    x = torch.randn(3, 4, dtype=torch.bfloat16, requires_grad=True)
+    packed = frozen_matmul(weight)
+    assert frozen_matmul(weight) is packed
+    torch.testing.assert_close(packed(x), x @ weight.t())
+    grad = torch.randn(3, 8, dtype=torch.bfloat16)
+    packed(x).backward(grad)
+    torch.testing.assert_close(x.grad, grad @ weight)
+    weight.mul_(2)
+    assert frozen_matmul(weight) is not packed
+    torch.testing.assert_close(frozen_matmul(weight)(x), x @ weight.t())

@@ -6,8 +6,10 @@ costs the training it watches CPU time and soon hits the per-user request quota.
 poll of an operation by the same caller within `min_interval` of its last answer is a tight
 loop: it is answered no sooner than `min_interval` after that answer, and then as soon as
 the operation has changed (a new step, a new state), or after `max_hold` at the latest, a
-hanging GET like Google's longrunning `Operations.WaitOperation`. A poll that comes later
-than `min_interval` after the last one, as from a person with curl, is answered at once.
+hanging GET like Google's longrunning `Operations.WaitOperation`. The operation's end is
+the exception: it is answered as soon as it is seen (within `check_every`), since the
+poller then stops. A poll that comes later than `min_interval` after the last one, as from
+a person with curl, is answered at once.
 """
 
 from __future__ import annotations
@@ -43,12 +45,13 @@ class PollPacer:
         now = time.monotonic()
         if last is None or now - last.at >= self.min_interval:
             return
-        await asyncio.sleep(last.at + self.min_interval - now)
-        if last.progress is None or last.progress[0].finished:
+        if _final(last.progress):
+            await asyncio.sleep(last.at + self.min_interval - now)
             return
-        deadline = last.at + self.max_hold
+        paced, deadline = last.at + self.min_interval, last.at + self.max_hold
         while time.monotonic() < deadline:
-            if await read_progress() != last.progress:
+            progress = await read_progress()
+            if progress != last.progress and (_final(progress) or time.monotonic() >= paced):
                 return
             await asyncio.sleep(self.check_every)
 
@@ -61,3 +64,9 @@ class PollPacer:
     def _forget_before(self, cutoff: float) -> None:
         for key in [k for k, a in self._answers.items() if a.at < cutoff]:
             self._answers.pop(key, None)
+
+
+def _final(progress: Progress) -> bool:
+    """Whether an operation is done (or gone): a poller that reads this stops polling, so
+    answering it early costs one request at most."""
+    return progress is None or progress[0].finished

@@ -32,6 +32,7 @@ from torch import Tensor
 from tunesmith.training import gemma_layer
 from tunesmith.training.gemma_layer import LAYER_TYPES, GemmaLayers
 from tunesmith.training.logits import vocab_logits
+from tunesmith.training.prepacked import Matmul, frozen_matmul, prepackable
 from tunesmith.training.recipe import embedding_noise
 
 log = logging.getLogger(__name__)
@@ -126,11 +127,20 @@ def step_loss(
     """(what a step minimises, the answer loss it reports): the answer loss is the mean over
     the batch's examples of each example's mean answer-token loss; the objective adds the
     prompt tokens' loss as `pack` weighed it. `noise` is NEFTune's alpha (0: none)."""
-    logits = vocab_logits(causal_lm, decode(packed, noise))
+    logits = vocab_logits(causal_lm, decode(packed, noise), _output_matmul(causal_lm))
     token_loss = F.cross_entropy(logits, packed.targets, reduction="none") * packed.weights
     answer = token_loss[: packed.answers].sum()
     objective = token_loss.sum() if len(packed.targets) > packed.answers else answer
     return objective, answer
+
+
+def _output_matmul(causal_lm: torch.nn.Module) -> Matmul | None:
+    """The output projection prepacked, where it is a frozen plain linear layer that
+    `prepackable` takes (None: the module itself)."""
+    module = causal_lm.get_output_embeddings()
+    if type(module) is not torch.nn.Linear or module.bias is not None:
+        return None
+    return frozen_matmul(module.weight) if prepackable(module.weight) else None
 
 
 def warm_up(causal_lm) -> None:
