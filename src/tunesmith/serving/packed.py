@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tunesmith.training.prepacked import onednn_bf16
+
 
 class PackedLinear(nn.Module):
     """`x W^T (+ b)` on a weight W packed for oneDNN."""
@@ -38,13 +40,7 @@ class PackedLinear(nn.Module):
 
 def can_pack(model: nn.Module) -> bool:
     """Whether `model` runs in bf16 on a CPU where oneDNN has bf16 kernels."""
-    weight = next(model.parameters())
-    return (
-        weight.device.type == "cpu"
-        and weight.dtype == torch.bfloat16
-        and torch.backends.mkldnn.is_available()
-        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
+    return onednn_bf16(next(model.parameters()))
 
 
 def pack_linear_layers(model: nn.Module) -> int:

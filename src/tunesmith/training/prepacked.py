@@ -24,16 +24,19 @@ from torch import Tensor
 Matmul = Callable[[Tensor], Tensor]
 
 
-def prepackable(weight: Tensor) -> bool:
-    """Whether `weight` is a frozen 2-D bf16 CPU weight oneDNN can pack."""
+def onednn_bf16(tensor: Tensor) -> bool:
+    """Whether `tensor` is bf16 on a CPU whose oneDNN has bf16 kernels."""
     return (
-        weight.dim() == 2
-        and not weight.requires_grad
-        and weight.device.type == "cpu"
-        and weight.dtype == torch.bfloat16
+        tensor.device.type == "cpu"
+        and tensor.dtype == torch.bfloat16
         and torch.backends.mkldnn.is_available()
         and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
+
+
+def prepackable(weight: Tensor) -> bool:
+    """Whether `weight` is a frozen 2-D weight oneDNN can pack."""
+    return weight.dim() == 2 and not weight.requires_grad and onednn_bf16(weight)
 
 
 @dataclass(frozen=True)
