@@ -27,7 +27,7 @@ from tunesmith.serving.batch import KVBatch, first_positions, last_logits, left_
 from tunesmith.serving.lora import AdapterBank
 from tunesmith.serving.packed import PackedLinear, can_pack, pack_output_projection
 from tunesmith.training import gemma_layer
-from tunesmith.training.gemma_layer import GemmaLayers
+from tunesmith.training.gemma_layer import GemmaLayers, grouped_attention, grouped_mask
 
 
 class _Projection:
@@ -102,28 +102,18 @@ class GemmaPasses:
         for index, (layer, kind) in enumerate(zip(self.layers, gemma.layer_types, strict=True)):
 
             def attend(q: Tensor, k: Tensor, v: Tensor, index=index, mask=masks[kind]) -> Tensor:
-                return self._attend(q, *cache.update(k, v, index), mask)
+                keys, values = cache.update(k, v, index)
+                return grouped_attention(q, keys, values, mask, gemma.scaling)
 
             x = gemma.layer(x, layer, rotary[kind], attend)
         return gemma.norm(x, gemma.final_norm)
 
-    def _attend(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
-        """Each key head's query heads attend as one head's queries, (groups x new) of them,
-        so SDPA needs no copy of the keys."""
-        rows, heads, new, dim = q.shape
-        kv = keys.shape[1]
-        queries = q.reshape(rows, kv, heads // kv * new, dim)
-        attended = F.scaled_dot_product_attention(
-            queries, keys, values, attn_mask=mask, scale=self.gemma.scaling
-        )
-        return attended.view(rows, heads, new, dim)
-
     def _masks(self, real: Tensor, new: int) -> dict[str, Tensor | None]:
         """Per layer type, which keys each of the `new` last tokens' queries may see, as
-        `_attend` takes it (rows, 1, groups x new, length), or None where every query may
-        see every key. A padding query sees itself, so no row is empty."""
+        `grouped_attention` takes it, or None where every query may see every key. A
+        padding query sees itself, so no row is empty."""
         gemma = self.gemma
-        rows, length = real.shape
+        length = real.shape[1]
         columns = torch.arange(length, device=real.device)
         behind = columns[-new:, None] - columns[None, :]  # query's position less key's
         allowed = (real[:, None, :] & (behind >= 0)) | (behind == 0)
@@ -131,9 +121,5 @@ class GemmaPasses:
         masks: dict[str, Tensor | None] = {}
         for kind in set(gemma.layer_types):
             mask = allowed & (behind < gemma.window) if kind == "sliding_attention" else allowed
-            if bool(mask.all()):
-                masks[kind] = None
-            else:
-                grouped = mask[:, None].expand(rows, groups, new, length)
-                masks[kind] = grouped.reshape(rows, 1, groups * new, length)
+            masks[kind] = None if bool(mask.all()) else grouped_mask(mask[:, None], groups)
         return masks
