@@ -70,15 +70,18 @@ def test_gemma_passes_give_transformers_logits_with_rows_on_different_adapters(s
     assert not torch.equal(theirs[0][0], plain[0][0])  # the adapters change the logits
 
 
-def test_gemma_passes_hold_each_decoder_weight_once():
+def test_gemma_passes_hold_each_decoder_weight_once_and_serve_a_model_again():
     model = tiny_gemma3(vocab_size=64)
     before = sum(p.numel() for p in model.parameters())
-
-    GemmaPasses(model, AdapterBank(model, capacity=1))
+    first = GemmaPasses(model, AdapterBank(model, capacity=1))
 
     linears = [m for m in model.get_decoder().modules() if isinstance(m, nn.Linear)]
     assert linears and all(m.weight is None for m in linears)
     assert sum(p.numel() for p in model.parameters()) < before
+
+    again = GemmaPasses(model, AdapterBank(model, capacity=1))  # a second engine on it
+    assert again.layers[0].qkv.linear is first.layers[0].qkv.linear
+    torch.testing.assert_close(again.prefill(PROMPTS)[0], first.prefill(PROMPTS)[0])
 
 
 @pytest.mark.skipif(

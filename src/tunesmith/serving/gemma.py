@@ -16,6 +16,7 @@ come from the adapter bank, applied per layer exactly as its hooks would.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -35,16 +36,29 @@ class _Projection:
     each layer's adapter rows from the bank."""
 
     def __init__(self, bank: AdapterBank, named: list[tuple[str, nn.Linear]], pack: bool) -> None:
-        weights = [linear.weight.detach() for _, linear in named]
-        weight = torch.cat(weights) if len(weights) > 1 else weights[0]
-        self.linear = PackedLinear(weight) if pack else _Plain(weight)
+        self.linear = _stacked([linear for _, linear in named], pack)
         self.names = tuple(name for name, _ in named)
         self.bank = bank
-        for _, linear in named:
-            linear.weight = None  # stacked above; the module is never called again
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.bank.adapted(self.names, x, self.linear(x))
+
+
+_stacks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _stacked(linears: list[nn.Linear], pack: bool) -> PackedLinear | _Plain:
+    """The layers' weights stacked as one (packed if `pack`), built once per loaded model
+    (kept while its first layer lives, so a model can be served again); the layers' own
+    weights are freed, and the modules never called again."""
+    stacked = _stacks.get(linears[0])
+    if stacked is None:
+        weights = [linear.weight.detach() for linear in linears]
+        weight = torch.cat(weights) if len(weights) > 1 else weights[0]
+        stacked = _stacks[linears[0]] = PackedLinear(weight) if pack else _Plain(weight)
+        for linear in linears:
+            linear.weight = None
+    return stacked
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,7 @@ class GemmaPasses:
             return _Projection(bank, [(names[id(m)], m) for m in linears], pack)
 
         self.layers = [self.gemma.weights(layer, projection) for layer in self.gemma.decoder.layers]
-        self.packed = pack and pack_output_projection(model)
+        pack_output_projection(model)
 
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]]) -> tuple[Tensor, KVBatch]:
