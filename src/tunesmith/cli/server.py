@@ -115,26 +115,29 @@ def serve(
     ),
 ) -> None:
     """Serve the API with training workers, using the embedded defaults."""
-    import uvicorn
-
-    from tunesmith.api.app import create_app
-    from tunesmith.api.http_protocol import deadline_protocol
     from tunesmith.training.base_models import Catalog, ensure_cached, use_torch_threads
 
     configure_logging()
     settings = local_settings(host=host, port=port, workers=workers)
     use_torch_threads(settings.torch_threads)  # for generation in this process
-    application = create_app(settings)
     default = Catalog(settings).default
     log.info("preparing base model %s", default.name)
-    ensure_cached(default, settings.base_model_cache_dir)
-    log.info(
-        "owner API key: %s (tunesmith auth print-api-key)",
-        application.state.credentials.owner_key_path,
-    )
+    ensure_cached(default, settings.base_model_cache_dir)  # converted once, before workers
+    # Workers start before the app is built, so their imports, model load and warm-up run
+    # beside this process's own start: a job posted once the API answers waits less.
     pool = _executor(settings)
     pool.start()
     try:
+        import uvicorn
+
+        from tunesmith.api.app import create_app
+        from tunesmith.api.http_protocol import deadline_protocol
+
+        application = create_app(settings)
+        log.info(
+            "owner API key: %s (tunesmith auth print-api-key)",
+            application.state.credentials.owner_key_path,
+        )
         # Tunesmith writes the access log itself (no query strings: they may hold keys), and
         # uvicorn's own lines go through the same handler (log_config=None).
         uvicorn.run(
