@@ -91,7 +91,6 @@ class LiveServer:
             **os.environ,
             "TUNESMITH_DATA_DIR": str(self.data_dir),
             "TUNESMITH_PORT": str(self.port),
-            "TUNESMITH_WORKER_POLL_SECONDS": "0.2",
             "TUNESMITH_BASE_MODEL_DIR": str(BASE_MODEL_CACHE),
             **self.env,
         }
