@@ -43,9 +43,10 @@ def build_tiny_model(dest: Path) -> Path:
     return dest
 
 
-def tiny_gemma3(softcap: float | None = 30.0, vocab_size: int = 128):
+def tiny_gemma3(softcap: float | None = 30.0, vocab_size: int = 128, kv_heads: int = 1):
     """A random 3-layer Gemma 3 in memory: two sliding-window layers (window 4) and one
-    full, a tied output projection, and the final logit soft-cap given."""
+    full, 4 query heads over `kv_heads` key heads, a tied output projection, and the final
+    logit soft-cap given."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
@@ -55,7 +56,7 @@ def tiny_gemma3(softcap: float | None = 30.0, vocab_size: int = 128):
         intermediate_size=64,
         num_hidden_layers=3,
         num_attention_heads=4,
-        num_key_value_heads=1,
+        num_key_value_heads=kv_heads,
         head_dim=16,
         query_pre_attn_scalar=16,
         sliding_window=4,

@@ -154,6 +154,13 @@ class Settings(BaseSettings):
     def secrets_dir(self) -> Path:
         return self.data_dir / "secrets"
 
+    def make_data_dir(self) -> Path:
+        """Creates the data folder, readable by this user alone, if it is not there yet:
+        adapters, checkpoints and exports inside it are created with default modes. Call
+        it before anything else creates a folder inside it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self.data_dir
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

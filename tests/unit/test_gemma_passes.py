@@ -18,12 +18,14 @@ PROMPTS = [[2, 7], [2, 11, 12, 13, 14, 15, 16, 17, 18], [2, 30, 31, 32, 33]]
 ADAPTED = ("q_proj", "v_proj", "o_proj", "gate_proj", "down_proj")
 
 
-def random_adapter(model: nn.Module, key: str, seed: int, rank: int = 2) -> AdapterWeights:
-    """A LoRA adapter on some of every layer's linear layers, big enough to change tokens."""
+def random_adapter(
+    model: nn.Module, key: str, seed: int, rank: int = 2, names: tuple[str, ...] = ADAPTED
+) -> AdapterWeights:
+    """A LoRA adapter on every layer's linear layers `names`, big enough to change tokens."""
     generator = torch.Generator().manual_seed(seed)
     modules = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in ADAPTED:
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in names:
             a = torch.randn(rank, module.in_features, generator=generator)
             b = torch.randn(module.out_features, rank, generator=generator) * 0.5
             modules[name] = (a, b)
@@ -44,21 +46,23 @@ def serve(passes: Passes, bank: AdapterBank, slots: list[int], steps: int) -> li
     return seen
 
 
-def served(kind: type, dtype: torch.dtype, softcap: float | None) -> tuple[Passes, AdapterBank]:
-    model = tiny_gemma3(softcap=softcap, vocab_size=64).to(dtype)
+def served(
+    kind: type, dtype: torch.dtype, softcap: float | None, kv_heads: int = 1
+) -> tuple[Passes, AdapterBank]:
+    model = tiny_gemma3(softcap=softcap, vocab_size=64, kv_heads=kv_heads).to(dtype)
     bank = AdapterBank(model, capacity=2)
     adapters = [random_adapter(model, key, seed) for key, seed in (("one", 1), ("two", 2))]
-    # as the scheduler does: the passes first, which may replace linear layers
+    # adapters come after the passes, as in the scheduler: the passes may replace layers
     passes = GemmaPasses(model, bank) if kind is GemmaPasses else TransformersPasses(model)
     for adapter in adapters:
         bank.acquire(adapter.key, lambda a=adapter: a)
     return passes, bank
 
 
-@pytest.mark.parametrize("softcap", [None, 30.0])
-def test_gemma_passes_give_transformers_logits_with_rows_on_different_adapters(softcap):
-    lean, lean_bank = served(GemmaPasses, torch.float32, softcap)
-    reference, reference_bank = served(TransformersPasses, torch.float32, softcap)
+@pytest.mark.parametrize(("softcap", "kv_heads"), [(None, 1), (30.0, 1), (30.0, 2)])
+def test_gemma_passes_give_transformers_logits_with_rows_on_different_adapters(softcap, kv_heads):
+    lean, lean_bank = served(GemmaPasses, torch.float32, softcap, kv_heads)
+    reference, reference_bank = served(TransformersPasses, torch.float32, softcap, kv_heads)
     slots = [1, NO_ADAPTER, 2]
 
     mine = serve(lean, lean_bank, slots, steps=6)
@@ -96,3 +100,64 @@ def test_packed_bf16_gemma_passes_give_the_plain_models_greedy_tokens():
         theirs = serve(reference, reference_bank, slots, steps=8)
         assert [s.argmax(-1).tolist() for s in mine] == [s.argmax(-1).tolist() for s in theirs]
     assert isinstance(lean.model.get_output_embeddings(), PackedLinear)
+
+
+def joined_decoding(model: nn.Module, passes: Passes, bank: AdapterBank) -> list[torch.Tensor]:
+    """Logits through what the scheduler does to a batch: a padded prefill on one adapter,
+    steps, a second prompt on another adapter joined mid-decoding, rows reordered and
+    dropped, an adapter evicted for a third of another rank on other layers, joined again."""
+    adapters = [  # each on other layers, the third of another rank
+        random_adapter(model, "q", 1, rank=2, names=("q_proj",)),
+        random_adapter(model, "k", 2, rank=2, names=("k_proj", "up_proj")),
+        random_adapter(model, "v", 3, rank=3, names=("v_proj", "gate_proj")),
+    ]
+    seen: list[torch.Tensor] = []
+
+    def run(call, slots):
+        bank.mask = bank.row_mask(slots)
+        try:
+            out = call()
+        finally:
+            bank.mask = None
+        seen.append(out[0] if isinstance(out, tuple) else out)
+        return out
+
+    q = bank.acquire("q", lambda: adapters[0])
+    k = bank.acquire("k", lambda: adapters[1])
+    logits, kv = run(
+        lambda: passes.prefill([[2, 7, 8], [2, 11, 12, 13, 14, 15, 16]]), [q, NO_ADAPTER]
+    )
+    for _ in range(3):
+        logits = run(lambda t=logits.argmax(-1): passes.step(kv, t), [q, NO_ADAPTER])
+    other, joining = run(lambda: passes.prefill([[2, 30, 31, 32, 33, 34, 35, 36, 37]]), [k])
+    kv.join(joining)
+    tokens = torch.cat([logits.argmax(-1), other.argmax(-1)])
+    for _ in range(3):
+        logits = run(lambda t=tokens: passes.step(kv, t), [q, NO_ADAPTER, k])
+        tokens = logits.argmax(-1)
+    kv.select([2, 0])
+    kv.select([0])
+    bank.release(q)
+    v = bank.acquire("v", lambda: adapters[2])  # evicts q: the stacks are rebuilt
+    last, joining = run(lambda: passes.prefill([[2, 5, 6]]), [v])
+    kv.join(joining)
+    tokens = torch.cat([tokens[[2]], last.argmax(-1)])
+    for _ in range(3):
+        logits = run(lambda t=tokens: passes.step(kv, t), [k, v])
+        tokens = logits.argmax(-1)
+    return seen
+
+
+def test_gemma_passes_through_joins_selections_and_an_eviction_give_transformers_logits():
+    def fresh(kind: type) -> tuple[nn.Module, Passes, AdapterBank]:
+        model = tiny_gemma3(vocab_size=64)
+        bank = AdapterBank(model, capacity=2)
+        passes = GemmaPasses(model, bank) if kind is GemmaPasses else TransformersPasses(model)
+        return model, passes, bank
+
+    mine = joined_decoding(*fresh(GemmaPasses))
+    theirs = joined_decoding(*fresh(TransformersPasses))
+
+    assert len(mine) == len(theirs) == 12
+    for step_mine, step_theirs in zip(mine, theirs, strict=True):
+        torch.testing.assert_close(step_mine, step_theirs, rtol=1e-4, atol=1e-5)

@@ -65,3 +65,11 @@ def test_a_hold_ends_at_max_hold_when_nothing_changes():
     progress = Progress(changes_after=10**9)
     wait(pacer, progress)
     assert progress.reads >= 1
+
+
+def test_a_change_that_does_not_end_the_operation_waits_out_the_pace():
+    pacer = PollPacer(min_interval=0.05, max_hold=60, check_every=0.001)
+    pacer.answered("key", RUNNING)
+    progress = Progress(changes_after=1)  # a new step at the second read
+    wait(pacer, progress)
+    assert progress.reads > 2  # still reading after the change, until min_interval passed

@@ -39,7 +39,7 @@ VERSIONS = ("/v1beta", "/v1")
 
 
 def create_app(settings: Settings) -> FastAPI:
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.make_data_dir()
     engine = make_engine(settings.sqlalchemy_url)
     migrate(engine)
     repo = Repository(engine)

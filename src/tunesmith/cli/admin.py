@@ -32,7 +32,7 @@ def _accounts():
     from tunesmith.store.repository import Repository
 
     settings = local_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.make_data_dir()
     engine = make_engine(settings.sqlalchemy_url)
     migrate(engine)
     repo = Repository(engine)

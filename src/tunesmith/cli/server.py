@@ -120,6 +120,7 @@ def serve(
     configure_logging()
     settings = local_settings(host=host, port=port, workers=workers)
     use_torch_threads(settings.torch_threads)  # for generation in this process
+    settings.make_data_dir()
     default = Catalog(settings).default
     log.info("preparing base model %s", default.name)
     ensure_cached(default, settings.base_model_cache_dir)  # converted once, before workers

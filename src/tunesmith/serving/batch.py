@@ -94,7 +94,7 @@ class TransformersPasses:
 
     def __init__(self, model) -> None:
         self.model = model
-        self.packed = pack_linear_layers(model)
+        pack_linear_layers(model)
 
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, KVBatch]:

@@ -5,8 +5,8 @@ A decoding step on a CPU is bound by reading weights, and what it does besides i
 thousand small tensor ops in transformers' layers (norms in float32 and back, rotary
 embedding, the cache, masks). Here q/k/v and gate/up are one matmul each on weights
 stacked once (and prepacked for oneDNN in bf16 on a CPU), the q and k norms and the rotary
-embedding run once over both, and the grouped query heads attend as one head's queries,
-so SDPA needs no copy of the keys. For Gemma 3 270M at batch 1 that took a step from
+embedding run once over both, and in a decoding step a key head's query heads attend as
+one head's queries, with no copy of the keys. For Gemma 3 270M at batch 1 that took a step from
 about 27 ms to 23 ms with the same greedy tokens (docs/PERFORMANCE.md).
 
 The passes own the model: the decoder layers' plain weights are freed once stacked, so the
@@ -16,6 +16,7 @@ come from the adapter bank, applied per layer exactly as its hooks would.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from tunesmith.serving.batch import KVBatch, first_positions, last_logits, left_
 from tunesmith.serving.lora import AdapterBank
 from tunesmith.serving.packed import PackedLinear, can_pack, pack_output_projection
 from tunesmith.training import gemma_layer
-from tunesmith.training.gemma_layer import GemmaLayers, grouped_attention, grouped_mask
+from tunesmith.training.gemma_layer import GemmaLayers, attention
 
 
 class _Projection:
@@ -45,20 +46,22 @@ class _Projection:
 
 
 _stacks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_stacks_lock = threading.Lock()
 
 
 def _stacked(linears: list[nn.Linear], pack: bool) -> PackedLinear | _Plain:
     """The layers' weights stacked as one (packed if `pack`), built once per loaded model
     (kept while its first layer lives, so a model can be served again); the layers' own
     weights are freed, and the modules never called again."""
-    stacked = _stacks.get(linears[0])
-    if stacked is None:
-        weights = [linear.weight.detach() for linear in linears]
-        weight = torch.cat(weights) if len(weights) > 1 else weights[0]
-        stacked = _stacks[linears[0]] = PackedLinear(weight) if pack else _Plain(weight)
-        for linear in linears:
-            linear.weight = None
-    return stacked
+    with _stacks_lock:
+        stacked = _stacks.get(linears[0])
+        if stacked is None:
+            weights = [linear.weight.detach() for linear in linears]
+            weight = torch.cat(weights) if len(weights) > 1 else weights[0]
+            stacked = _stacks[linears[0]] = PackedLinear(weight) if pack else _Plain(weight)
+            for linear in linears:
+                linear.weight = None
+        return stacked
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,7 @@ class GemmaPasses:
     @staticmethod
     def supports(model: nn.Module) -> bool:
         """Whether these passes compute what transformers' Gemma 3 decoder would."""
-        return gemma_layer.supported(model.config) and not any(
-            isinstance(m, nn.Linear) and m.bias is not None for m in model.get_decoder().modules()
-        )
+        return gemma_layer.supported(model.config)
 
     def __init__(self, model: nn.Module, bank: AdapterBank) -> None:
         self.model = model
@@ -117,23 +118,22 @@ class GemmaPasses:
 
             def attend(q: Tensor, k: Tensor, v: Tensor, index=index, mask=masks[kind]) -> Tensor:
                 keys, values = cache.update(k, v, index)
-                return grouped_attention(q, keys, values, mask, gemma.scaling)
+                return attention(q, keys, values, mask, gemma.scaling)
 
             x = gemma.layer(x, layer, rotary[kind], attend)
         return gemma.norm(x, gemma.final_norm)
 
     def _masks(self, real: Tensor, new: int) -> dict[str, Tensor | None]:
-        """Per layer type, which keys each of the `new` last tokens' queries may see, as
-        `grouped_attention` takes it, or None where every query may see every key. A
-        padding query sees itself, so no row is empty."""
+        """Per layer type, which keys each of the `new` last tokens' queries may see (rows,
+        1, new, length), or None where every query may see every key. A padding query sees
+        itself, so no row is empty."""
         gemma = self.gemma
         length = real.shape[1]
         columns = torch.arange(length, device=real.device)
         behind = columns[-new:, None] - columns[None, :]  # query's position less key's
         allowed = (real[:, None, :] & (behind >= 0)) | (behind == 0)
-        groups = gemma.heads // gemma.kv_heads
         masks: dict[str, Tensor | None] = {}
         for kind in set(gemma.layer_types):
             mask = allowed & (behind < gemma.window) if kind == "sliding_attention" else allowed
-            masks[kind] = None if bool(mask.all()) else grouped_mask(mask[:, None], groups)
+            masks[kind] = None if bool(mask.all()) else mask[:, None]
         return masks

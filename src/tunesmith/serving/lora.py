@@ -8,7 +8,10 @@ each row's own block: `((x A_cat^T) * mask) B_cat^T`. That is two small matmuls 
 whatever the mix of adapters in the batch, with no per-row gather. A row without an adapter
 has an all-zero mask row and gets exactly the base layer's output. A forward pass that runs
 several layers reading the same input as one matmul (q/k/v, gate/up) adds their deltas with
-`AdapterBank.adapted`: A matrices stacked, B matrices block-diagonal, still two matmuls.
+`AdapterBank.adapted`, never calling the layers' modules (their hooks then stay idle): A
+matrices stacked, B matrices block-diagonal, still two matmuls. The stacks are copies, and a
+block-diagonal B is mostly zeros: for 8 rank-8 adapters on every projection of Gemma 3
+270M, about 135 MB of adapter matrices instead of 61.
 
 Adapters are read with safetensors, never with peft: a config can make peft rewrite base
 weights on load (`init_lora_weights: "pissa"`), and serving needs none of that machinery.

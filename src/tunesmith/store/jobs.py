@@ -137,20 +137,23 @@ class JobQueue(StoreBase):
 
     # ------------------------------------------------------------ job queue
 
+    def _any_claimable(self) -> bool:
+        """Whether a job waits to be claimed, by a plain read: an idle worker looks every
+        fraction of a second, and a claim takes the database's write lock."""
+        with self.engine.connect() as c:
+            query = select(operations.c.id).where(_claimable(self._now(c))).limit(1)
+            return c.execute(query).first() is not None
+
     def claim_job(self, worker_id: str, lease_seconds: float) -> ClaimedJob | None:
         """Takes the oldest queued job, or a running one whose worker stopped renewing its
         lease. On PostgreSQL the row is locked with SKIP LOCKED, so racing workers take
         different jobs; everywhere the conditional UPDATE is the lock: of two, one wins."""
+        if not self._any_claimable():
+            return None
         for _ in range(5):
             with self._tx() as c:
                 now = self._now(c)
-                claimable = or_(
-                    operations.c.status == JobStatus.QUEUED.value,
-                    and_(
-                        operations.c.status == JobStatus.RUNNING.value,
-                        operations.c.lease_expires_at < now,
-                    ),
-                )
+                claimable = _claimable(now)
                 row = c.execute(
                     select(operations)
                     .where(claimable)
@@ -408,4 +411,15 @@ def plan_from_row(row) -> EvaluationPlan:
         validation=[TuningExample(i, o) for i, o in validation],
         interval_steps=row.evaluation_interval_steps or 0,
         choice=CheckpointChoice.resolved(row.checkpoint_choice),
+    )
+
+
+def _claimable(now: datetime):
+    """A queued job, or a running one whose worker stopped renewing its lease."""
+    return or_(
+        operations.c.status == JobStatus.QUEUED.value,
+        and_(
+            operations.c.status == JobStatus.RUNNING.value,
+            operations.c.lease_expires_at < now,
+        ),
     )

@@ -30,12 +30,7 @@ from peft.utils import AuxiliaryTrainingWrapper
 from torch import Tensor
 
 from tunesmith.training import gemma_layer
-from tunesmith.training.gemma_layer import (
-    LAYER_TYPES,
-    GemmaLayers,
-    grouped_attention,
-    grouped_mask,
-)
+from tunesmith.training.gemma_layer import LAYER_TYPES, GemmaLayers, attention
 from tunesmith.training.logits import vocab_logits
 from tunesmith.training.prepacked import Matmul, frozen_matmul, prepackable
 from tunesmith.training.recipe import embedding_noise
@@ -403,17 +398,15 @@ class GemmaDecoder:
         gemma = self.gemma
         x = _embed(self.causal_lm, packed.ids, noise, packed.width)[None]
         rotary = gemma.rotary(x, packed.positions[None])
-        groups = gemma.heads // gemma.kv_heads
+        # 4-D, or CPU SDPA falls back from its flash kernel to materialised attention
         masks = {
-            "full_attention": grouped_mask(attention_mask(packed)[None, None], groups),
-            "sliding_attention": grouped_mask(
-                attention_mask(packed, gemma.window)[None, None], groups
-            ),
+            "full_attention": attention_mask(packed)[None, None],
+            "sliding_attention": attention_mask(packed, gemma.window)[None, None],
         }
         for weights, kind in zip(self.layers, gemma.layer_types, strict=True):
 
             def attend(q: Tensor, k: Tensor, v: Tensor, mask=masks[kind]) -> Tensor:
-                return grouped_attention(q, k, v, mask, gemma.scaling)
+                return attention(q, k, v, mask, gemma.scaling)
 
             x = gemma.layer(x, weights, rotary[kind], attend)
         return gemma.norm(x[0, packed.predictors], gemma.final_norm)
