@@ -3,6 +3,7 @@ adapters and sampling parameters decoded together give what each gives alone."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -18,12 +19,14 @@ from engine_support import (
     serial_generate,
     tiny_spec,
 )
+from tiny_model import tiny_gemma3
 from tunesmith.domain.errors import Code, ServiceError
 from tunesmith.domain.resources import Turn
 from tunesmith.serving.batch import TransformersPasses
 from tunesmith.serving.engine import Engine, GenerationCollector, ServingLimits, request_deadline
+from tunesmith.serving.gemma import GemmaPasses
 from tunesmith.serving.sampling import SamplingParams
-from tunesmith.training.base_models import BaseModelSpec, load_base_model
+from tunesmith.training.base_models import BaseModelSpec, LoadedBaseModel, load_base_model
 
 TURNS = [Turn("user", "Write a haiku about the sea.")]
 OTHER_TURNS = [Turn("user", "Count to ten, slowly, in French and then in German.")]
@@ -306,3 +309,42 @@ def test_an_adapter_the_engine_cannot_serve_is_a_failed_precondition(
 
     assert refused.value.code == Code.FAILED_PRECONDITION
     assert "DoRA" in refused.value.message
+
+
+def tiny_gemma_base(spec: BaseModelSpec, cache_root: Path) -> LoadedBaseModel:
+    """The tiny model's tokenizer and prompt format on a tiny random Gemma 3, which the
+    engine serves through Gemma's own passes."""
+    loaded = load_base_model(spec, cache_root, "float32")
+    return dataclasses.replace(loaded, model=tiny_gemma3(vocab_size=len(loaded.tokenizer)))
+
+
+def test_gemma_prefills_new_prompts_within_the_running_rows_step(spec, cache_root, monkeypatch):
+    mixed: list[int] = []
+    real = GemmaPasses.step_and_prefill
+
+    def recorded(passes, kv, tokens, prompts):
+        mixed.append(len(prompts))
+        return real(passes, kv, tokens, prompts)
+
+    monkeypatch.setattr(GemmaPasses, "step_and_prefill", recorded)
+    reference = tiny_gemma_base(spec, cache_root)
+    observer = HoldingObserver()
+    engine = Engine(lambda s: tiny_gemma_base(s, cache_root), observer=observer)
+    observer.hold()
+    first = engine.stream(spec, None, TURNS, params(LONG, max_output_tokens=30))
+    requests = [
+        (None, TURNS, params(SAMPLED, max_output_tokens=12)),
+        (None, OTHER_TURNS, params(SAMPLED, candidate_count=2, seed=21, max_output_tokens=12)),
+        (None, [Turn("user", "Hi")], params(GREEDY, max_output_tokens=12)),
+    ]
+    try:
+        observer.wait_until_held()
+        streams = [engine.stream(spec, *request) for request in requests]
+    finally:
+        observer.release()
+
+    assert [collect(stream) for stream in streams] == [
+        serial_generate(reference, *request) for request in requests
+    ]
+    first.close()
+    assert mixed == [3]  # all three prefilled within the first request's next step

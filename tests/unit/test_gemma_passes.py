@@ -161,3 +161,40 @@ def test_gemma_passes_through_joins_selections_and_an_eviction_give_transformers
     assert len(mine) == len(theirs) == 12
     for step_mine, step_theirs in zip(mine, theirs, strict=True):
         torch.testing.assert_close(step_mine, step_theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_a_step_with_prompts_prefilled_in_it_gives_the_separate_passes_logits():
+    def run(mixed: bool) -> list[torch.Tensor]:
+        model = tiny_gemma3(vocab_size=64)
+        bank = AdapterBank(model, capacity=2)
+        passes = GemmaPasses(model, bank)
+        one = bank.acquire("one", lambda: random_adapter(model, "one", 1))
+        two = bank.acquire("two", lambda: random_adapter(model, "two", 2, rank=3))
+        seen = []
+        bank.mask = bank.row_mask([one, NO_ADAPTER])
+        logits, kv = passes.prefill([[2, 7, 8], [2, 11, 12, 13, 14, 15, 16]])
+        logits = passes.step(kv, logits.argmax(-1))
+        tokens = logits.argmax(-1)
+        prompts = [[2, 30, 31, 32, 33, 34, 35], [2, 40]]  # the first beyond the window
+        if mixed:
+            per_token = [one, NO_ADAPTER] + [two] * 7 + [NO_ADAPTER] * 2
+            bank.mask = bank.row_mask(per_token).transpose(0, 1)
+            stepped, first, joining = passes.step_and_prefill(kv, tokens, prompts)
+        else:
+            bank.mask = bank.row_mask([one, NO_ADAPTER])
+            stepped = passes.step(kv, tokens)
+            bank.mask = bank.row_mask([two, NO_ADAPTER])
+            first, joining = passes.prefill(prompts)
+        seen += [stepped, first]
+        kv.join(joining)
+        tokens = torch.cat([stepped.argmax(-1), first.argmax(-1)])
+        bank.mask = bank.row_mask([one, NO_ADAPTER, two, NO_ADAPTER])
+        for _ in range(4):
+            logits = passes.step(kv, tokens)
+            seen.append(logits)
+            tokens = logits.argmax(-1)
+        bank.mask = None
+        return seen
+
+    for mine, theirs in zip(run(mixed=True), run(mixed=False), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)

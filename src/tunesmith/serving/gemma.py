@@ -29,7 +29,8 @@ from tunesmith.serving.batch import KVBatch, first_positions, last_logits, left_
 from tunesmith.serving.lora import AdapterBank
 from tunesmith.serving.packed import PackedLinear, can_pack, pack_output_projection
 from tunesmith.training import gemma_layer
-from tunesmith.training.gemma_layer import GemmaLayers, attention
+from tunesmith.training.gemma_layer import GemmaLayers, attention, packed_mask
+from tunesmith.training.logits import vocab_logits
 
 
 class _Projection:
@@ -106,6 +107,62 @@ class GemmaPasses:
         kv.advance(mask)
         return last_logits(self.model, hidden)
 
+    @torch.inference_mode()
+    def step_and_prefill(
+        self, kv: KVBatch, tokens: Tensor, prompts: list[list[int]]
+    ) -> tuple[Tensor, Tensor, KVBatch]:
+        """A decoding step of kv's rows and the prefill of `prompts` in one pass, so that
+        the weights are read once for both (a prefill of a few short prompts alone costs
+        about a decoding step). The step's logits (rows, vocab), the prompts' last logits,
+        and a batch of one row each holding the prompts' caches.
+
+        The pass runs on one flat sequence: each row's new token, then the prompts back to
+        back. Attention splits it again: the rows' tokens attend to their caches, each
+        prompt's tokens causally to that prompt's."""
+        gemma, device = self.gemma, self.model.device
+        rows = len(tokens)
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        segments = torch.repeat_interleave(torch.arange(len(prompts), device=device), lengths)
+        starts = torch.cumsum(lengths, dim=0) - lengths
+        offsets = torch.arange(len(segments), device=device) - starts[segments]
+        flat = torch.tensor([t for p in prompts for t in p], device=device)
+        ids = torch.cat([tokens, flat])[None]
+        positions = torch.cat([kv.positions, offsets])[None]
+        real = kv.next_mask()
+        step_masks = self._masks(real, 1)
+        prompt_masks = {
+            kind: packed_mask(
+                segments, offsets, gemma.window if kind == "sliding_attention" else None
+            )[None, None]
+            for kind in set(gemma.layer_types)
+        }
+        width = int(lengths.max())
+        prompted = KVBatch(DynamicCache(), _left_mask(lengths, width), lengths)
+        where = (segments, width - lengths[segments] + offsets)  # (row, column) of each token
+        x = gemma.decoder.embed_tokens(ids)
+        rotary = gemma.rotary(x, positions)
+        for index, (layer, kind) in enumerate(zip(self.layers, gemma.layer_types, strict=True)):
+
+            def attend(q: Tensor, k: Tensor, v: Tensor, index=index, kind=kind) -> Tensor:
+                # the rows' tokens: (rows, heads, 1, dim) against their caches
+                mine = [t[0, :, :rows].transpose(0, 1)[:, :, None] for t in (q, k, v)]
+                keys, values = kv.cache.update(mine[1], mine[2], index)
+                stepped = attention(mine[0], keys, values, step_masks[kind], gemma.scaling)
+                # the prompts' tokens, each prompt causally over its own
+                new = [t[:, :, rows:] for t in (q, k, v)]
+                prompted.cache.update(
+                    *(_scatter(t, where, len(prompts), width) for t in new[1:]), index
+                )
+                filled = attention(*new, prompt_masks[kind], gemma.scaling)
+                return torch.cat([stepped[:, :, 0].transpose(0, 1)[None], filled], dim=2)
+
+            x = gemma.layer(x, layer, rotary[kind], attend)
+        kv.advance(real)
+        hidden = gemma.norm(x[0], gemma.final_norm)
+        last = rows + starts + lengths - 1
+        logits = vocab_logits(self.model, torch.cat([hidden[:rows], hidden[last]]))
+        return logits[:rows], logits[rows:], prompted
+
     def _forward(self, ids: Tensor, positions: Tensor, real: Tensor, cache: DynamicCache) -> Tensor:
         """The final hidden states (rows, new tokens, hidden) of `ids` (rows, new tokens) at
         `positions`, appending their keys and values to `cache`; `real` marks the real
@@ -137,3 +194,18 @@ class GemmaPasses:
             mask = allowed & (behind < gemma.window) if kind == "sliding_attention" else allowed
             masks[kind] = None if bool(mask.all()) else mask[:, None]
         return masks
+
+
+def _left_mask(lengths: Tensor, width: int) -> Tensor:
+    """(rows, width) boolean: each row's last `lengths[row]` columns are real."""
+    columns = torch.arange(width, device=lengths.device)
+    return columns[None, :] >= (width - lengths)[:, None]
+
+
+def _scatter(states: Tensor, where: tuple[Tensor, Tensor], rows: int, width: int) -> Tensor:
+    """Keys or values (1, kv heads, tokens, dim) of prompts laid back to back, as a
+    left-padded cache (rows, kv heads, width, dim), zeros in the padding."""
+    _, heads, _, dim = states.shape
+    padded = states.new_zeros(rows, width, heads, dim)
+    padded[where] = states[0].transpose(0, 1)
+    return padded.transpose(1, 2)

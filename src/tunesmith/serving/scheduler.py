@@ -3,7 +3,9 @@ request's rows together.
 
 A request waits in a bounded queue until its rows fit in the batch and its adapter has a
 slot; it then runs its prompt (prefill, left-padded beside others admitted with it),
-samples its first tokens and joins the running batch. Each step feeds every row its last
+samples its first tokens and joins the running batch. On Gemma, short prompts are
+prefilled within the running rows' next step instead, in the same forward pass: a prefill
+alone costs about what a step does, since both read every weight once. Each step feeds every row its last
 token in one forward pass, samples each request's rows with the request's own parameters
 and random generator, and sends each request its new text. Finished rows leave at once;
 so do the rows of a request whose client went away or whose deadline passed, at the next
@@ -18,7 +20,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +39,8 @@ log = logging.getLogger(__name__)
 
 PREFILL_TOKENS = 4096  # the most prompt tokens, padding included, prefilled in one pass
 PREFILL_WASTE = 256  # padding tokens a prefill may always spend to take prompts together
+# The most prompt tokens prefilled within a decoding step (Gemma): a step waits for them.
+MIXED_PROMPT_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,9 @@ class Scheduler:
             admitted = self._admit()
             try:
                 self._drop_gone()
+                if self._running and self._mixable(admitted):
+                    self._step_and_start(admitted)
+                    continue
                 for group in _prefill_groups(admitted):
                     self._start(group)
                 if self._running:
@@ -249,14 +257,46 @@ class Scheduler:
     def _start(self, requests: list[Request]) -> None:
         """Prefills requests together, samples their first tokens, and joins the rows still
         generating to the batch."""
-        started = time.monotonic()
-        for request in requests:
-            request.started = started
-        self.adapters.mask = self.adapters.row_mask([r.slot for r in requests])
-        try:
+        _mark_started(requests)
+        with self._adapter_rows([r.slot for r in requests]):
             logits, kv = self._passes.prefill([r.prompt for r in requests])
+        self._started(requests, logits, kv)
+
+    def _mixable(self, requests: list[Request]) -> bool:
+        """Whether the requests' prompts may be prefilled in the running rows' next step."""
+        return (
+            bool(requests)
+            and isinstance(self._passes, GemmaPasses)
+            and sum(len(r.prompt) for r in requests) <= MIXED_PROMPT_TOKENS
+        )
+
+    def _step_and_start(self, requests: list[Request]) -> None:
+        """A step of the running rows and the prefill of `requests` in one pass; then as
+        `_step` and `_start` each."""
+        _mark_started(requests)
+        tokens, slots = self._step_inputs()
+        per_token = slots + [r.slot for r in requests for _ in r.prompt]
+        with self._adapter_rows(per_token, flat=True):
+            stepped, logits, kv = self._passes.step_and_prefill(
+                self._kv, tokens, [r.prompt for r in requests]
+            )
+        self._stepped(stepped)
+        self._started(requests, logits, kv)
+
+    @contextmanager
+    def _adapter_rows(self, slots: list[int], flat: bool = False) -> Iterator[None]:
+        """The adapter bank's rows for the next pass: one per row, or one per token of a
+        flat pass (a single sequence)."""
+        mask = self.adapters.row_mask(slots)
+        self.adapters.mask = mask.transpose(0, 1) if flat and mask is not None else mask
+        try:
+            yield
         finally:
             self.adapters.mask = None
+
+    def _started(self, requests: list[Request], logits: torch.Tensor, kv: KVBatch) -> None:
+        """Samples the prefilled requests' first tokens and joins the rows still generating
+        to the batch."""
         copies = [i for i, r in enumerate(requests) for _ in r.active]  # a row per candidate
         logits = logits[copies]
         groups, rows, still, ended = self._groups(requests), [], [], []
@@ -286,15 +326,22 @@ class Scheduler:
 
     def _step(self) -> None:
         """One forward pass for every running row, then each request samples its rows."""
+        tokens, slots = self._step_inputs()
+        with self._adapter_rows(slots):
+            logits = self._passes.step(self._kv, tokens)
+        self._stepped(logits)
+
+    def _step_inputs(self) -> tuple[torch.Tensor, list[int]]:
+        """Each running row's last token and adapter slot."""
         running = self._running
         slots = [r.slot for r in running for _ in r.active]
         tokens = torch.tensor([t for r in running for t in r.last], device=self.loaded.model.device)
         self._observer.step(self._name, len(slots))
-        self.adapters.mask = self.adapters.row_mask(slots)
-        try:
-            logits = self._passes.step(self._kv, tokens)
-        finally:
-            self.adapters.mask = None
+        return tokens, slots
+
+    def _stepped(self, logits: torch.Tensor) -> None:
+        """Each running request samples its rows from a step's logits; finished ones end."""
+        running = self._running
         groups = self._groups(running)
         drawn = draw_rows(logits, groups)
         still, ended, rows = [], [], []
@@ -359,6 +406,12 @@ def _passes_for(model, bank: AdapterBank) -> Passes:
     """Gemma 3's own lean passes where they compute what transformers would, else the
     transformers decoder."""
     return GemmaPasses(model, bank) if GemmaPasses.supports(model) else TransformersPasses(model)
+
+
+def _mark_started(requests: list[Request]) -> None:
+    started = time.monotonic()
+    for request in requests:
+        request.started = started
 
 
 def _rows_in_use(requests: list[Request]) -> int:

@@ -30,7 +30,7 @@ from peft.utils import AuxiliaryTrainingWrapper
 from torch import Tensor
 
 from tunesmith.training import gemma_layer
-from tunesmith.training.gemma_layer import LAYER_TYPES, GemmaLayers, attention
+from tunesmith.training.gemma_layer import LAYER_TYPES, GemmaLayers, attention, packed_mask
 from tunesmith.training.logits import vocab_logits
 from tunesmith.training.prepacked import Matmul, frozen_matmul, prepackable
 from tunesmith.training.recipe import embedding_noise
@@ -112,10 +112,7 @@ def _predict(into: tuple, seq: list[int], start: int, begin: int, end: int, weig
 def attention_mask(packed: PackedBatch, window: int | None = None) -> Tensor:
     """(T, T) boolean: query i may attend key j (same example, j not after i, and within
     `window` positions when given)."""
-    same = packed.segments[:, None] == packed.segments[None, :]
-    behind = packed.positions[:, None] - packed.positions[None, :]
-    allowed = same & (behind >= 0)
-    return allowed & (behind < window) if window else allowed
+    return packed_mask(packed.segments, packed.positions, window)
 
 
 Decoder = Callable[[PackedBatch, float], Tensor]

@@ -59,6 +59,16 @@ class LayerWeights:
     post_feedforward: Tensor
 
 
+def packed_mask(segments: Tensor, positions: Tensor, window: int | None = None) -> Tensor:
+    """(T, T) boolean for sequences laid back to back (token i of sequence segments[i] at
+    position positions[i]): query i may attend key j in the same sequence, not after i,
+    and within `window` positions when given."""
+    same = segments[:, None] == segments[None, :]
+    behind = positions[:, None] - positions[None, :]
+    allowed = same & (behind >= 0)
+    return allowed & (behind < window) if window else allowed
+
+
 def attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, scale: float) -> Tensor:
     """Grouped-query attention of q (rows, heads, new, dim) over keys and values (rows, kv
     heads, length, dim); `mask` (rows, 1, new, length), True where a query may see a key.
