@@ -5,12 +5,12 @@ A request waits in a bounded queue until its rows fit in the batch and its adapt
 slot; it then runs its prompt (prefill, left-padded beside others admitted with it),
 samples its first tokens and joins the running batch. On Gemma, short prompts are
 prefilled within the running rows' next step instead, in the same forward pass: a prefill
-alone costs about what a step does, since both read every weight once. Each step feeds every row its last
-token in one forward pass, samples each request's rows with the request's own parameters
-and random generator, and sends each request its new text. Finished rows leave at once;
-so do the rows of a request whose client went away or whose deadline passed, at the next
-step. Nothing a client does (read slowly, vanish) ever holds the model: chunks wait in the
-request's own outbox.
+alone costs about what a step does, since both read every weight once. Each step feeds
+every row its last token in one forward pass, samples each request's rows with the
+request's own parameters and random generator, and sends each request its new text.
+Finished rows leave at once; so do the rows of a request whose client went away or whose
+deadline passed, at the next step. Nothing a client does (read slowly, vanish) ever holds
+the model: chunks wait in the request's own outbox.
 """
 
 from __future__ import annotations
