@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -348,3 +349,28 @@ def test_gemma_prefills_new_prompts_within_the_running_rows_step(spec, cache_roo
     ]
     first.close()
     assert mixed == [3]  # all three prefilled within the first request's next step
+
+
+def test_a_stopped_scheduler_fails_its_requests_and_refuses_new_ones(spec, cache_root):
+    observer = HoldingObserver()
+    engine = float32_engine(cache_root, observer=observer)
+    observer.hold()
+    running = engine.stream(spec, None, TURNS, params(LONG, max_output_tokens=300))
+    observer.wait_until_held()
+    waiting = engine.stream(spec, None, OTHER_TURNS, GREEDY)
+    scheduler = engine._scheduler(spec)
+    stopping = threading.Thread(target=scheduler.stop, args=(60,))
+    stopping.start()
+    while not scheduler._stopping:  # stopping before the held step ends, not after
+        time.sleep(0.001)
+    observer.release()  # the held step ends; the thread then stops
+    stopping.join(60)
+
+    assert not scheduler._thread.is_alive()
+    for stream in (running, waiting):
+        with pytest.raises(ServiceError) as failed:
+            collect(stream)
+        assert failed.value.code == Code.UNAVAILABLE
+    with pytest.raises(ServiceError) as refused:
+        engine.stream(spec, None, TURNS, GREEDY)
+    assert refused.value.code == Code.UNAVAILABLE

@@ -15,10 +15,12 @@ the model: chunks wait in the request's own outbox.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -121,15 +123,19 @@ class Scheduler:
         self._running: list[Request] = []
         self._kv: KVBatch | None = None
         self._seconds_per_request = 1.0  # moving average, for the retry delay of a 429
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"scheduler {self._name}")
         self._thread.daemon = True
         self._thread.start()
+        _live.add(self)
 
     # ---------------------------------------------------------------- callers' threads
 
     def submit(self, request: Request) -> None:
         """Queues a request, or answers 429 RESOURCE_EXHAUSTED if the queue is full."""
         with self._cond:
+            if self._stopping:
+                raise _shutting_down()
             waiting = len(self._waiting)
             if waiting >= self.limits.max_queued_requests and not self._room_for(request):
                 self._observer.request_rejected(self._name)
@@ -144,6 +150,14 @@ class Scheduler:
         another thread: a moment old at worst)."""
         taken = _rows_in_use([*self._running, *self._waiting])
         return taken + len(request.active) <= self.limits.max_batch_rows
+
+    def stop(self, timeout: float) -> None:
+        """Ends the model's thread after its current pass (waiting and running requests
+        fail with 503 UNAVAILABLE), waiting up to `timeout` seconds for it."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
 
     def cancel(self, request: Request) -> None:
         """Forgets a request whose client went away: at once if it waits, else its rows
@@ -167,8 +181,7 @@ class Scheduler:
     # ---------------------------------------------------------------- the model's thread
 
     def _run(self) -> None:
-        while True:
-            admitted = self._admit()
+        while (admitted := self._admit()) is not None:
             try:
                 self._drop_gone()
                 if self._running and self._mixable(admitted):
@@ -185,12 +198,18 @@ class Scheduler:
                         self._end(request, error)
                 self._running, self._kv = [], None
 
-    def _admit(self) -> list[Request]:
+    def _admit(self) -> list[Request] | None:
         """The waiting requests that fit now, in order, their adapters pinned; blocks while
-        there is nothing to do."""
+        there is nothing to do. None once the scheduler stops: every request then fails."""
         with self._cond:
-            while not self._waiting and not self._running:
+            while not (self._waiting or self._running or self._stopping):
                 self._cond.wait()
+            if self._stopping:
+                for request in [*self._waiting, *self._running]:
+                    self._end(request, _shutting_down())
+                self._waiting.clear()
+                self._running, self._kv = [], None
+                return None
             self._expire_waiting()
             rows = _rows_in_use(self._running)  # the gone leave before the admitted join
             admitted = []
@@ -445,6 +464,22 @@ def _outcome(request: Request, error: Exception | None) -> str:
     if isinstance(error, ServiceError) and error.code == Code.DEADLINE_EXCEEDED:
         return "deadline"
     return "error"
+
+
+def _shutting_down() -> ServiceError:
+    return ServiceError(Code.UNAVAILABLE, "The server is shutting down; retry in a moment.")
+
+
+_live: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def stop_all(timeout: float = 10.0) -> None:
+    """Stops every scheduler's thread: at exit, before the interpreter tears down. A model
+    thread still inside torch then would abort the process ("terminate called without an
+    active exception") as it finishes its last request."""
+    for scheduler in list(_live):
+        scheduler.stop(timeout)
 
 
 def _deadline_exceeded() -> ServiceError:
