@@ -125,11 +125,8 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.clients, args.every, args.tokens, args.rounds)), flush=True)
-        # The engine's model threads are daemons still inside torch: leaving without
-        # interpreter teardown avoids an intermittent abort at exit ("terminate called
-        # without an active exception") that would lose nothing but the exit status.
-        os._exit(0)
+        print(json.dumps(measure(args.clients, args.every, args.tokens, args.rounds)))
+        return
     trees = {"current": REPO}
     if args.baseline:
         trees = {"baseline": args.baseline.resolve(), **trees}
