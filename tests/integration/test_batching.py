@@ -86,6 +86,18 @@ def mixed_requests(adapters: list[Path]):
     ]
 
 
+def submitted_while_held(engine: Engine, observer: HoldingObserver, spec, requests: list):
+    """A long generation held at its next step, and streams of `requests` submitted
+    meanwhile: they join it mid-decoding once released. Close the long one when done."""
+    observer.hold()
+    first = engine.stream(spec, None, TURNS, params(LONG, max_output_tokens=30))
+    try:
+        observer.wait_until_held()
+        return first, [engine.stream(spec, *request) for request in requests]
+    finally:
+        observer.release()
+
+
 def collect(stream):
     collector = GenerationCollector(stream)
     for chunk in stream:
@@ -216,18 +228,12 @@ def test_prompts_of_different_lengths_prefill_together_and_match_alone(
     monkeypatch.setattr(TransformersPasses, "prefill", recorded)
     observer = HoldingObserver()
     engine = float32_engine(cache_root, observer=observer)
-    observer.hold()
-    first = engine.stream(spec, None, TURNS, params(LONG, max_output_tokens=30))
     requests = [
         (adapters[0], TURNS, SAMPLED),
         (adapters[1], OTHER_TURNS, params(SAMPLED, candidate_count=2, seed=21)),
         (None, [Turn("user", "Hi")], GREEDY),
     ]
-    try:
-        observer.wait_until_held()
-        streams = [engine.stream(spec, *request) for request in requests]
-    finally:
-        observer.release()
+    first, streams = submitted_while_held(engine, observer, spec, requests)
 
     assert [collect(stream) for stream in streams] == [
         serial_generate(reference, *request) for request in requests
@@ -331,18 +337,12 @@ def test_gemma_prefills_new_prompts_within_the_running_rows_step(spec, cache_roo
     reference = tiny_gemma_base(spec, cache_root)
     observer = HoldingObserver()
     engine = Engine(lambda s: tiny_gemma_base(s, cache_root), observer=observer)
-    observer.hold()
-    first = engine.stream(spec, None, TURNS, params(LONG, max_output_tokens=30))
     requests = [
         (None, TURNS, params(SAMPLED, max_output_tokens=12)),
         (None, OTHER_TURNS, params(SAMPLED, candidate_count=2, seed=21, max_output_tokens=12)),
         (None, [Turn("user", "Hi")], params(GREEDY, max_output_tokens=12)),
     ]
-    try:
-        observer.wait_until_held()
-        streams = [engine.stream(spec, *request) for request in requests]
-    finally:
-        observer.release()
+    first, streams = submitted_while_held(engine, observer, spec, requests)
 
     assert [collect(stream) for stream in streams] == [
         serial_generate(reference, *request) for request in requests
