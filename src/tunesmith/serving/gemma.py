@@ -137,7 +137,7 @@ class GemmaPasses:
             for kind in set(gemma.layer_types)
         }
         width = int(lengths.max())
-        prompted = KVBatch(DynamicCache(), _left_mask(lengths, width), lengths)
+        prompted = KVBatch(DynamicCache(), left_padded(prompts, device)[1], lengths)
         where = (segments, width - lengths[segments] + offsets)  # (row, column) of each token
         x = gemma.decoder.embed_tokens(ids)
         rotary = gemma.rotary(x, positions)
@@ -194,12 +194,6 @@ class GemmaPasses:
             mask = allowed & (behind < gemma.window) if kind == "sliding_attention" else allowed
             masks[kind] = None if bool(mask.all()) else mask[:, None]
         return masks
-
-
-def _left_mask(lengths: Tensor, width: int) -> Tensor:
-    """(rows, width) boolean: each row's last `lengths[row]` columns are real."""
-    columns = torch.arange(width, device=lengths.device)
-    return columns[None, :] >= (width - lengths)[:, None]
 
 
 def _scatter(states: Tensor, where: tuple[Tensor, Tensor], rows: int, width: int) -> Tensor:
