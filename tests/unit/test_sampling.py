@@ -2,9 +2,18 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from tunesmith.serving.sampling import SamplingParams, next_tokens, top_k_filter, top_p_filter
+from tunesmith.serving.sampling import (
+    BLOCK,
+    SamplingParams,
+    first_largest,
+    largest,
+    next_tokens,
+    top_k_filter,
+    top_p_filter,
+)
 
 INF = float("-inf")
 
@@ -102,3 +111,45 @@ def top_p_by_full_sort(logits: torch.Tensor, p: float) -> torch.Tensor:
             if mass >= p:
                 break
     return result
+
+
+def screened_logits(vocab: int) -> torch.Tensor:
+    """Rows that make a block screen work: bf16-rounded values (many ties), a row whose
+    largest values crowd into one block, a row mostly -inf, the maximum in the tail."""
+    torch.manual_seed(0)
+    logits = (torch.randn(6, vocab) * 3).bfloat16().float()
+    crowd = min(5 * BLOCK, vocab - 60)
+    logits[1, crowd : crowd + 60] = 50.0 + torch.arange(60.0)  # one block wins
+    logits[2] = float("-inf")
+    logits[2, [3, vocab // 2, vocab - 1]] = torch.tensor([1.0, 2.0, 1.0])
+    logits[3, -1] = 99.0  # in the tail when vocab is not a whole number of blocks
+    logits[4, 7] = logits[4, vocab - 3] = 80.0  # equal maxima: argmax names the first
+    return logits
+
+
+@pytest.mark.parametrize("vocab", [64 * BLOCK, 64 * BLOCK + 37, 3000])
+@pytest.mark.parametrize("k", [1, 5, 40, 80])
+def test_largest_gives_topks_values_and_their_ids(vocab, k):
+    logits = screened_logits(vocab)
+
+    values, ids = largest(logits, k)
+
+    assert torch.equal(values, torch.topk(logits, k).values)
+    assert torch.equal(logits.gather(-1, ids), values)
+    assert all(len(set(row)) == k for row in ids.tolist())
+
+
+@pytest.mark.parametrize("vocab", [64 * BLOCK, 64 * BLOCK + 37, 3000, BLOCK - 1])
+def test_first_largest_is_argmax(vocab):
+    logits = screened_logits(vocab)
+    strided = torch.cat([logits, logits], dim=1)[:, ::2]  # not contiguous
+
+    assert torch.equal(first_largest(logits), logits.argmax(dim=-1))
+    assert torch.equal(first_largest(strided), strided.argmax(dim=-1))
+
+
+def test_first_largest_counts_nan_largest_as_argmax_does():
+    logits = screened_logits(64 * BLOCK)
+    logits[5, 900] = float("nan")
+
+    assert torch.equal(first_largest(logits), logits.argmax(dim=-1))

@@ -5,8 +5,9 @@ passes over the 262k-token vocabulary.
 Per request, `next_tokens` makes about ten passes over the vocabulary (top-k, softmax,
 top-p's sort, masks, the draw's own top-k); for 16 requests that cost as much as the
 model's forward pass. Here greedy rows share one argmax, and rows with a top-k share one
-`topk` over the vocabulary: their top-k and top-p filters and the draw then work on those
-few sorted values only. The draw is the same call on the same values as `next_tokens`
+search for their largest logits (`sampling.largest`, which screens the vocabulary by
+blocks): their temperature, top-k and top-p filters and the draw then work on those few
+sorted values only. The draw is the same call on the same values as `next_tokens`
 makes (one multinomial per request over its rows), so a seed gives the same tokens. Rows
 without a top-k, or whose top-k ties run past the window, take `next_tokens` itself.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tunesmith.serving.sampling import SamplingParams, next_tokens
+from tunesmith.serving.sampling import SamplingParams, first_largest, largest, next_tokens
 
 SLACK = 16  # values beyond the largest top-k kept to see ties at its boundary
 
@@ -56,7 +57,7 @@ def _greedy(logits: torch.Tensor, groups: list[RowGroup], tokens: list[int]) -> 
     if not groups:
         return
     rows = _rows(groups, logits.device)
-    best = _picked(logits, rows).argmax(dim=-1)
+    best = first_largest(_picked(logits, rows))
     for row, token in zip(rows.tolist(), best.tolist(), strict=True):
         tokens[row] = token
 
@@ -68,9 +69,10 @@ def _topped(logits: torch.Tensor, groups: list[RowGroup], tokens: list[int]) -> 
     temperatures = torch.tensor(
         [g.params.temperature for g in groups for _ in range(g.count)], device=logits.device
     )
-    scaled = _picked(logits, rows).float() / temperatures[:, None]
     width = min(logits.shape[-1], max(g.params.top_k for g in groups) + SLACK)
-    values, ids = torch.topk(scaled, width)
+    # dividing by a temperature keeps the order: the largest logits, then scaled
+    values, ids = largest(_picked(logits, rows).float(), width)
+    values = values / temperatures[:, None]
     whole = width == logits.shape[-1]
     offset = 0
     for group in groups:

@@ -175,7 +175,8 @@ class AdapterBank:
         self._stacks: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor, int] | None] = {}
         self._offsets: list[tuple[int, int]] = [(0, 0)]  # each slot's columns of A_cat
         self._width = 0  # R: the resident adapters' ranks summed
-        self.mask: torch.Tensor | None = None  # set around each forward pass
+        self._mask: torch.Tensor | None = None  # set around each forward pass
+        self._repeated: dict[int, torch.Tensor] = {}  # the mask repeated for stacked layers
 
     def resident(self, key: str) -> bool:
         return key in self._by_key
@@ -208,29 +209,44 @@ class AdapterBank:
         if slot != NO_ADAPTER:
             self._pins[slot] -= 1
 
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """The [rows, 1, R] mask selecting each row's adapter block for the current pass
+        (see `row_mask`), or None outside a pass or when no row has an adapter."""
+        return self._mask
+
+    @mask.setter
+    def mask(self, mask: torch.Tensor | None) -> None:
+        self._mask = mask
+        self._repeated = {1: mask} if mask is not None else {}
+
     def adapted(
         self, names: tuple[str, ...], x: torch.Tensor, output: torch.Tensor
     ) -> torch.Tensor:
         """The `output` of linear layers `names` for input `x` (their outputs side by side,
-        in that order), plus each row's adapter deltas."""
-        stack = self._stack(names) if self.mask is not None else None
+        in that order), plus each row's adapter deltas, added in place (computed in
+        float32, rounded once to output's dtype)."""
+        stack = self._stack(names) if self._mask is not None else None
         if stack is None:
             return output
-        a, b, count = stack
-        mask = self.mask if count == 1 else self.mask.repeat(1, 1, count)
-        hidden = torch.matmul(x.to(a.dtype), a.T) * mask
-        return (output + torch.matmul(hidden, b.T)).to(output.dtype)
+        a_t, b_t, count = stack
+        mask = self._repeated.get(count)
+        if mask is None:
+            mask = self._repeated[count] = self._mask.repeat(1, 1, count)
+        hidden = torch.matmul(x.to(a_t.dtype), a_t).mul_(mask)
+        return output.add_(torch.matmul(hidden, b_t))
 
     def _stack(self, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor, int] | None:
         """The adapted ones of `names`' A matrices stacked, their B matrices block-diagonal
-        (a layer no adapter adapts adds zero rows), and how many are adapted; None if none
-        is. Built once per set of resident adapters."""
+        (a layer no adapter adapts adds zero rows), both transposed for `x @ A^T @ B^T`,
+        and how many are adapted; None if none is. Built once per set of resident
+        adapters."""
         if names not in self._stacks:
             layers = [self._layers.get(name) for name in names]
             present = [layer for layer in layers if layer]
             stack = None
             if len(present) == 1 and len(names) == 1:
-                stack = (present[0].a_cat, present[0].b_cat, 1)
+                stack = (present[0].a_cat.T.contiguous(), present[0].b_cat.T.contiguous(), 1)
             elif present:
                 device = self._model.device
                 blocks = [
@@ -240,7 +256,8 @@ class AdapterBank:
                     for n, layer in zip(names, layers, strict=True)
                 ]
                 a = torch.cat([layer.a_cat for layer in present])
-                stack = (a, torch.block_diag(*blocks), len(present))
+                b = torch.block_diag(*blocks)
+                stack = (a.T.contiguous(), b.T.contiguous(), len(present))
             self._stacks[names] = stack
         return self._stacks[names]
 
