@@ -34,15 +34,12 @@ def random_adapter(
 
 def serve(passes: Passes, bank: AdapterBank, slots: list[int], steps: int) -> list[torch.Tensor]:
     """Each pass's logits for PROMPTS on `slots`' adapters, greedy tokens fed back."""
-    bank.mask = bank.row_mask(slots)
-    try:
+    with bank.rows(slots):
         logits, kv = passes.prefill(PROMPTS)
         seen = [logits]
         for _ in range(steps):
             logits = passes.step(kv, logits.argmax(dim=-1))
             seen.append(logits)
-    finally:
-        bank.mask = None
     return seen
 
 
@@ -114,11 +111,8 @@ def joined_decoding(model: nn.Module, passes: Passes, bank: AdapterBank) -> list
     seen: list[torch.Tensor] = []
 
     def run(call, slots):
-        bank.mask = bank.row_mask(slots)
-        try:
+        with bank.rows(slots):
             out = call()
-        finally:
-            bank.mask = None
         seen.append(out[0] if isinstance(out, tuple) else out)
         return out
 
@@ -171,29 +165,28 @@ def test_a_step_with_prompts_prefilled_in_it_gives_the_separate_passes_logits():
         one = bank.acquire("one", lambda: random_adapter(model, "one", 1))
         two = bank.acquire("two", lambda: random_adapter(model, "two", 2, rank=3))
         seen = []
-        bank.mask = bank.row_mask([one, NO_ADAPTER])
-        logits, kv = passes.prefill([[2, 7, 8], [2, 11, 12, 13, 14, 15, 16]])
-        logits = passes.step(kv, logits.argmax(-1))
+        with bank.rows([one, NO_ADAPTER]):
+            logits, kv = passes.prefill([[2, 7, 8], [2, 11, 12, 13, 14, 15, 16]])
+            logits = passes.step(kv, logits.argmax(-1))
         tokens = logits.argmax(-1)
         prompts = [[2, 30, 31, 32, 33, 34, 35], [2, 40]]  # the first beyond the window
         if mixed:
             per_token = [one, NO_ADAPTER] + [two] * 7 + [NO_ADAPTER] * 2
-            bank.mask = bank.row_mask(per_token).transpose(0, 1)
-            stepped, first, joining = passes.step_and_prefill(kv, tokens, prompts)
+            with bank.rows(per_token, flat=True):
+                stepped, first, joining = passes.step_and_prefill(kv, tokens, prompts)
         else:
-            bank.mask = bank.row_mask([one, NO_ADAPTER])
-            stepped = passes.step(kv, tokens)
-            bank.mask = bank.row_mask([two, NO_ADAPTER])
-            first, joining = passes.prefill(prompts)
+            with bank.rows([one, NO_ADAPTER]):
+                stepped = passes.step(kv, tokens)
+            with bank.rows([two, NO_ADAPTER]):
+                first, joining = passes.prefill(prompts)
         seen += [stepped, first]
         kv.join(joining)
         tokens = torch.cat([stepped.argmax(-1), first.argmax(-1)])
-        bank.mask = bank.row_mask([one, NO_ADAPTER, two, NO_ADAPTER])
-        for _ in range(4):
-            logits = passes.step(kv, tokens)
-            seen.append(logits)
-            tokens = logits.argmax(-1)
-        bank.mask = None
+        with bank.rows([one, NO_ADAPTER, two, NO_ADAPTER]):
+            for _ in range(4):
+                logits = passes.step(kv, tokens)
+                seen.append(logits)
+                tokens = logits.argmax(-1)
         return seen
 
     for mine, theirs in zip(run(mixed=True), run(mixed=False), strict=True):

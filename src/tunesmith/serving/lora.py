@@ -6,7 +6,10 @@ adapters' A matrices are concatenated along the rank (`A_cat`, [R, in]), their B
 with the scale folded in likewise (`B_cat`, [out, R]), and a [rows, R] mask of ones picks
 each row's own block: `((x A_cat^T) * mask) B_cat^T`. That is two small matmuls per layer
 whatever the mix of adapters in the batch, with no per-row gather. A row without an adapter
-has an all-zero mask row and gets exactly the base layer's output. A forward pass that runs
+has an all-zero mask row and gets exactly the base layer's output. When every row of a pass
+uses one adapter (a client alone, or many on one tuned model), that adapter's own columns
+are used with no mask: with 8 adapters resident, a one-row step reads an eighth of the
+adapter matrices. A forward pass that runs
 several layers reading the same input as one matmul (q/k/v, gate/up) adds their deltas with
 `AdapterBank.adapted`, never calling the layers' modules (their hooks then stay idle): A
 matrices stacked, B matrices block-diagonal, still two matmuls. The stacks are copies, and a
@@ -23,7 +26,8 @@ import json
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,11 +176,16 @@ class AdapterBank:
         self._pins: dict[int, int] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._layers: dict[str, _LoraLayer] = {}
-        self._stacks: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor, int] | None] = {}
+        self._stacks: dict[
+            tuple[tuple[str, ...], int | None], tuple[torch.Tensor, torch.Tensor, int] | None
+        ] = {}
         self._offsets: list[tuple[int, int]] = [(0, 0)]  # each slot's columns of A_cat
         self._width = 0  # R: the resident adapters' ranks summed
-        self._mask: torch.Tensor | None = None  # set around each forward pass
-        self._repeated: dict[int, torch.Tensor] = {}  # the mask repeated for stacked layers
+        # set around each pass by `rows`: the row mask, or the one slot every row uses, and
+        # the mask repeated for stacked layers
+        self._mask: torch.Tensor | None = None
+        self._only: int | None = None
+        self._repeated: dict[int, torch.Tensor | None] = {}
 
     def resident(self, key: str) -> bool:
         return key in self._by_key
@@ -209,16 +218,19 @@ class AdapterBank:
         if slot != NO_ADAPTER:
             self._pins[slot] -= 1
 
-    @property
-    def mask(self) -> torch.Tensor | None:
-        """The [rows, 1, R] mask selecting each row's adapter block for the current pass
-        (see `row_mask`), or None outside a pass or when no row has an adapter."""
-        return self._mask
-
-    @mask.setter
-    def mask(self, mask: torch.Tensor | None) -> None:
-        self._mask = mask
-        self._repeated = {1: mask} if mask is not None else {}
+    @contextmanager
+    def rows(self, slots: list[int], flat: bool = False) -> Iterator[None]:
+        """Each row's adapter slot for the passes run inside: one slot per row, or one per
+        token of a flat pass (a single sequence)."""
+        used = set(slots)
+        self._only = used.pop() if len(used) == 1 and NO_ADAPTER not in used else None
+        mask = self._row_mask(slots) if self._only is None else None
+        self._mask = mask.transpose(0, 1) if flat and mask is not None else mask
+        self._repeated = {1: self._mask}
+        try:
+            yield
+        finally:
+            self._mask, self._only, self._repeated = None, None, {}
 
     def adapted(
         self, names: tuple[str, ...], x: torch.Tensor, output: torch.Tensor
@@ -226,6 +238,12 @@ class AdapterBank:
         """The `output` of linear layers `names` for input `x` (their outputs side by side,
         in that order), plus each row's adapter deltas, added in place (computed in
         float32, rounded once to output's dtype)."""
+        if self._only is not None:  # every row on one adapter: its own columns, no mask
+            stack = self._stack(names, self._only)
+            if stack is None:
+                return output
+            a_t, b_t, _ = stack
+            return output.add_(torch.matmul(torch.matmul(x.to(a_t.dtype), a_t), b_t))
         stack = self._stack(names) if self._mask is not None else None
         if stack is None:
             return output
@@ -236,32 +254,34 @@ class AdapterBank:
         hidden = torch.matmul(x.to(a_t.dtype), a_t).mul_(mask)
         return output.add_(torch.matmul(hidden, b_t))
 
-    def _stack(self, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    def _stack(
+        self, names: tuple[str, ...], slot: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, int] | None:
         """The adapted ones of `names`' A matrices stacked, their B matrices block-diagonal
         (a layer no adapter adapts adds zero rows), both transposed for `x @ A^T @ B^T`,
-        and how many are adapted; None if none is. Built once per set of resident
-        adapters."""
-        if names not in self._stacks:
+        and how many are adapted; None if none is. Every resident adapter's columns, or
+        `slot`'s alone. Built once per set of resident adapters."""
+        key = (names, slot)
+        if key not in self._stacks:
             layers = [self._layers.get(name) for name in names]
             present = [layer for layer in layers if layer]
+            start, end = self._offsets[slot] if slot is not None else (0, self._width)
             stack = None
-            if len(present) == 1 and len(names) == 1:
-                stack = (present[0].a_cat.T.contiguous(), present[0].b_cat.T.contiguous(), 1)
-            elif present:
+            if present:
                 device = self._model.device
                 blocks = [
-                    layer.b_cat
+                    layer.b_cat[:, start:end]
                     if layer
                     else torch.zeros(self._linear(n).out_features, 0, device=device)
                     for n, layer in zip(names, layers, strict=True)
                 ]
-                a = torch.cat([layer.a_cat for layer in present])
-                b = torch.block_diag(*blocks)
+                a = torch.cat([layer.a_cat[start:end] for layer in present])
+                b = torch.block_diag(*blocks) if len(blocks) > 1 else blocks[0]
                 stack = (a.T.contiguous(), b.T.contiguous(), len(present))
-            self._stacks[names] = stack
-        return self._stacks[names]
+            self._stacks[key] = stack
+        return self._stacks[key]
 
-    def row_mask(self, slots: list[int]) -> torch.Tensor | None:
+    def _row_mask(self, slots: list[int]) -> torch.Tensor | None:
         """The [rows, 1, R] mask selecting each row's adapter; None if no row has one."""
         if not any(slots):
             return None

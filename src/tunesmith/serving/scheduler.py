@@ -22,8 +22,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -277,7 +276,7 @@ class Scheduler:
         """Prefills requests together, samples their first tokens, and joins the rows still
         generating to the batch."""
         _mark_started(requests)
-        with self._adapter_rows([r.slot for r in requests]):
+        with self.adapters.rows([r.slot for r in requests]):
             logits, kv = self._passes.prefill([r.prompt for r in requests])
         self._started(requests, logits, kv)
 
@@ -295,23 +294,12 @@ class Scheduler:
         _mark_started(requests)
         tokens, slots = self._step_inputs()
         per_token = slots + [r.slot for r in requests for _ in r.prompt]
-        with self._adapter_rows(per_token, flat=True):
+        with self.adapters.rows(per_token, flat=True):
             stepped, logits, kv = self._passes.step_and_prefill(
                 self._kv, tokens, [r.prompt for r in requests]
             )
         self._stepped(stepped)
         self._started(requests, logits, kv)
-
-    @contextmanager
-    def _adapter_rows(self, slots: list[int], flat: bool = False) -> Iterator[None]:
-        """The adapter bank's rows for the next pass: one per row, or one per token of a
-        flat pass (a single sequence)."""
-        mask = self.adapters.row_mask(slots)
-        self.adapters.mask = mask.transpose(0, 1) if flat and mask is not None else mask
-        try:
-            yield
-        finally:
-            self.adapters.mask = None
 
     def _started(self, requests: list[Request], logits: torch.Tensor, kv: KVBatch) -> None:
         """Samples the prefilled requests' first tokens and joins the rows still generating
@@ -346,7 +334,7 @@ class Scheduler:
     def _step(self) -> None:
         """One forward pass for every running row, then each request samples its rows."""
         tokens, slots = self._step_inputs()
-        with self._adapter_rows(slots):
+        with self.adapters.rows(slots):
             logits = self._passes.step(self._kv, tokens)
         self._stepped(logits)
 
