@@ -260,14 +260,19 @@ class AdapterBank:
         """The adapted ones of `names`' A matrices stacked, their B matrices block-diagonal
         (a layer no adapter adapts adds zero rows), both transposed for `x @ A^T @ B^T`,
         and how many are adapted; None if none is. Every resident adapter's columns, or
-        `slot`'s alone. Built once per set of resident adapters."""
+        `slot`'s alone. Built once per set of resident adapters: views for one layer,
+        copies for stacked layers (for one rank-8 adapter on every projection of Gemma 3
+        270M, about 9 MB)."""
         key = (names, slot)
         if key not in self._stacks:
             layers = [self._layers.get(name) for name in names]
             present = [layer for layer in layers if layer]
             start, end = self._offsets[slot] if slot is not None else (0, self._width)
             stack = None
-            if present:
+            if len(names) == 1 and present:  # views of the layer's own matrices
+                layer = present[0]
+                stack = (layer.a_cat[start:end].T, layer.b_cat[:, start:end].T, 1)
+            elif present:
                 device = self._model.device
                 blocks = [
                     layer.b_cat[:, start:end]
@@ -276,7 +281,7 @@ class AdapterBank:
                     for n, layer in zip(names, layers, strict=True)
                 ]
                 a = torch.cat([layer.a_cat[start:end] for layer in present])
-                b = torch.block_diag(*blocks) if len(blocks) > 1 else blocks[0]
+                b = torch.block_diag(*blocks)
                 stack = (a.T.contiguous(), b.T.contiguous(), len(present))
             self._stacks[key] = stack
         return self._stacks[key]
