@@ -2,7 +2,7 @@
 step for every running row together.
 
 Rows join with KV caches of different lengths. They are kept left-padded to one length in
-one transformers `DynamicCache`, with a mask of which positions are real and each row's
+one cache (transformers' `DynamicCache`, or the Gemma passes' `GrowingCache`), with a mask of which positions are real and each row's
 own next position: the padding is masked out of attention and costs nothing but its share
 of the attention reads. The cache has only full (not sliding-window) layers, so that rows
 can be padded, selected and joined alike; the model's sliding-window mask still limits what
@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional
 from transformers import DynamicCache
 
+from tunesmith.serving.kv_cache import GrowingCache
 from tunesmith.serving.packed import pack_linear_layers
 from tunesmith.training.logits import vocab_logits
 
@@ -28,7 +29,9 @@ class KVBatch:
     """Rows' KV caches left-padded to one length, which positions are real, and each row's
     position of its next token."""
 
-    def __init__(self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor) -> None:
+    def __init__(
+        self, cache: DynamicCache | GrowingCache, mask: torch.Tensor, positions: torch.Tensor
+    ) -> None:
         self.cache = cache
         self.mask = mask  # bool [rows, length]
         self.positions = positions  # long [rows]

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import DynamicCache
 
 from tunesmith.serving.batch import KVBatch, first_positions, last_logits, left_padded
+from tunesmith.serving.kv_cache import GrowingCache
 from tunesmith.serving.lora import AdapterBank
 from tunesmith.serving.packed import PackedLinear, can_pack, pack_output_projection
 from tunesmith.training import gemma_layer
@@ -96,7 +96,7 @@ class GemmaPasses:
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]]) -> tuple[Tensor, KVBatch]:
         ids, mask = left_padded(prompts, self.model.device)
-        kv = KVBatch(DynamicCache(), mask, mask.sum(dim=1))
+        kv = KVBatch(GrowingCache(len(self.layers)), mask, mask.sum(dim=1))
         hidden = self._forward(ids, first_positions(mask), mask, kv.cache)
         return last_logits(self.model, hidden), kv
 
@@ -137,7 +137,7 @@ class GemmaPasses:
             for kind in set(gemma.layer_types)
         }
         width = int(lengths.max())
-        prompted = KVBatch(DynamicCache(), left_padded(prompts, device)[1], lengths)
+        prompted = KVBatch(GrowingCache(len(self.layers)), left_padded(prompts, device)[1], lengths)
         where = (segments, width - lengths[segments] + offsets)  # (row, column) of each token
         x = gemma.decoder.embed_tokens(ids)
         rotary = gemma.rotary(x, positions)
@@ -163,7 +163,7 @@ class GemmaPasses:
         logits = vocab_logits(self.model, torch.cat([hidden[:rows], hidden[last]]))
         return logits[:rows], logits[rows:], prompted
 
-    def _forward(self, ids: Tensor, positions: Tensor, real: Tensor, cache: DynamicCache) -> Tensor:
+    def _forward(self, ids: Tensor, positions: Tensor, real: Tensor, cache: GrowingCache) -> Tensor:
         """The final hidden states (rows, new tokens, hidden) of `ids` (rows, new tokens) at
         `positions`, appending their keys and values to `cache`; `real` marks the real
         tokens of the cache and the new ones."""
