@@ -131,9 +131,7 @@ class GemmaPasses:
         real = kv.next_mask()
         step_masks = self._masks(real, 1)
         prompt_masks = {
-            kind: packed_mask(
-                segments, offsets, gemma.window if kind == "sliding_attention" else None
-            )[None, None]
+            kind: packed_mask(segments, offsets, self._window(kind))[None, None]
             for kind in set(gemma.layer_types)
         }
         width = int(lengths.max())
@@ -147,7 +145,8 @@ class GemmaPasses:
                 # the rows' tokens: (rows, heads, 1, dim) against their caches
                 mine = [t[0, :, :rows].transpose(0, 1)[:, :, None] for t in (q, k, v)]
                 keys, values = kv.cache.update(mine[1], mine[2], index)
-                stepped = attention(mine[0], keys, values, step_masks[kind], gemma.scaling)
+                seen = _recent(self._window(kind), 1, keys, values, step_masks[kind])
+                stepped = attention(mine[0], *seen, gemma.scaling)
                 # the prompts' tokens, each prompt causally over its own
                 new = [t[:, :, rows:] for t in (q, k, v)]
                 prompted.cache.update(
@@ -173,12 +172,16 @@ class GemmaPasses:
         masks = self._masks(real, ids.shape[1])
         for index, (layer, kind) in enumerate(zip(self.layers, gemma.layer_types, strict=True)):
 
-            def attend(q: Tensor, k: Tensor, v: Tensor, index=index, mask=masks[kind]) -> Tensor:
+            def attend(q: Tensor, k: Tensor, v: Tensor, index=index, kind=kind) -> Tensor:
                 keys, values = cache.update(k, v, index)
-                return attention(q, keys, values, mask, gemma.scaling)
+                seen = _recent(self._window(kind), q.shape[2], keys, values, masks[kind])
+                return attention(q, *seen, gemma.scaling)
 
             x = gemma.layer(x, layer, rotary[kind], attend)
         return gemma.norm(x, gemma.final_norm)
+
+    def _window(self, kind: str) -> int | None:
+        return self.gemma.window if kind == "sliding_attention" else None
 
     def _masks(self, real: Tensor, new: int) -> dict[str, Tensor | None]:
         """Per layer type, which keys each of the `new` last tokens' queries may see (rows,
@@ -191,9 +194,27 @@ class GemmaPasses:
         allowed = (real[:, None, :] & (behind >= 0)) | (behind == 0)
         masks: dict[str, Tensor | None] = {}
         for kind in set(gemma.layer_types):
-            mask = allowed & (behind < gemma.window) if kind == "sliding_attention" else allowed
+            window = self._window(kind)
+            mask = allowed & (behind < window) if window else allowed
             masks[kind] = None if bool(mask.all()) else mask[:, None]
         return masks
+
+
+def _recent(
+    window: int | None, new: int, keys: Tensor, values: Tensor, mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The keys, values and mask (rows, 1, new, length) a decoding step's query (`new` is 1)
+    may see through a sliding `window`: the last `window` columns, since the cache is
+    left-padded (its last column is every row's newest token, and a column's distance from
+    it is the position's). For a long cache, the sliding layers then read the window alone."""
+    if window is None or new != 1 or keys.shape[2] <= window:
+        return keys, values, mask
+    recent = slice(keys.shape[2] - window, None)
+    return (
+        keys[:, :, recent],
+        values[:, :, recent],
+        None if mask is None else mask[..., recent],
+    )
 
 
 def _scatter(states: Tensor, where: tuple[Tensor, Tensor], rows: int, width: int) -> Tensor:
