@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 
 from tunesmith.serving.text import Candidate
@@ -32,8 +32,7 @@ class Outbox:
         self._chunks: deque[StreamChunk] = deque()
         self._lock = threading.Condition()
         self._error: BaseException | None = None
-        self._wakers: list[Callable[[], None]] = []  # woken by every chunk
-        self._end_wakers: list[Callable[[], None]] = []  # woken when it ends or closes
+        self._wakers: list[Callable[[], None]] = []
         self.done = False  # the producer is finished
         self.closed = False  # the consumer is gone
         self.on_close: Callable[[], None] = lambda: None
@@ -56,10 +55,10 @@ class Outbox:
         with self._lock:
             self.done, self._error = True, error
             self._lock.notify_all()
-        self._wake(ending=True)
+        self._wake()
 
-    def _wake(self, ending: bool = False) -> None:
-        for wake in list(self._wakers) + (list(self._end_wakers) if ending else []):
+    def _wake(self) -> None:
+        for wake in list(self._wakers):
             wake()
 
     # ---------------------------------------------------------------- the consumer
@@ -71,7 +70,7 @@ class Outbox:
                 return
             self.closed = True
             self._lock.notify_all()
-        self._wake(ending=True)
+        self._wake()
         if not self.done:
             self.on_close()
 
@@ -94,7 +93,15 @@ class Outbox:
         raise StopIteration
 
     async def next_chunk_async(self) -> StreamChunk:
-        async with _woken(self._wakers) as ready:
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+
+        def wake() -> None:
+            with suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(ready.set)
+
+        self._wakers.append(wake)
+        try:
             while True:
                 ready.clear()
                 with self._lock:
@@ -104,34 +111,8 @@ class Outbox:
                         except StopIteration:
                             raise StopAsyncIteration from None
                 await ready.wait()
-
-    async def ended_async(self) -> None:
-        """Returns once the generation has ended or the stream is closed, the event loop
-        woken once rather than for every chunk."""
-        async with _woken(self._end_wakers) as ready:
-            while True:
-                ready.clear()
-                with self._lock:
-                    if self.done or self.closed:
-                        return
-                await ready.wait()
-
-
-@asynccontextmanager
-async def _woken(wakers: list[Callable[[], None]]) -> AsyncIterator[asyncio.Event]:
-    """An event the producer's thread sets, through `wakers`, on this event loop."""
-    loop = asyncio.get_running_loop()
-    ready = asyncio.Event()
-
-    def wake() -> None:
-        with suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(ready.set)
-
-    wakers.append(wake)
-    try:
-        yield ready
-    finally:
-        wakers.remove(wake)
+        finally:
+            self._wakers.remove(wake)
 
 
 class GenerationStream:
@@ -161,11 +142,3 @@ class GenerationStream:
 
     async def __anext__(self) -> StreamChunk:
         return await self._outbox.next_chunk_async()
-
-    async def rest_async(self) -> list[StreamChunk]:
-        """Every chunk not read yet, once the generation has ended: for a reader that only
-        wants the whole answer (waking an event loop for every chunk costs the model's
-        thread about 4 ms a token on 2 cores). Raises the generation's error as iteration
-        does; empty if the stream was closed."""
-        await self._outbox.ended_async()
-        return list(self)

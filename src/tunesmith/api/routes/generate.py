@@ -34,7 +34,7 @@ async def _generate(
     chunks = await _start(request, caller, model_id, base_id)
     collector = GenerationCollector(chunks)
     async with _closed_on_disconnect(request, chunks) as gone:
-        for chunk in await chunks.rest_async():
+        async for chunk in chunks:
             collector.add(chunk)
     if gone.is_set():
         raise ServiceError(Code.CANCELLED, "The client closed the request.")
