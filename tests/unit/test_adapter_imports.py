@@ -173,6 +173,16 @@ def test_targets_must_name_linear_layers_of_the_base(peft_config, peft_adapter, 
         )
 
 
+def test_adapters_on_the_output_projection_are_refused(peft_config, peft_adapter, tiny_model_dir):
+    config = read_adapter_config(
+        json.dumps({**peft_config, "target_modules": ["q_proj", "lm_head"]}).encode()
+    )
+    with pytest.raises(InvalidAdapter, match="'lm_head', the output projection"):
+        store_imported_adapter(
+            config, peft_adapter / ADAPTER_WEIGHTS, tiny_model_dir, "x", peft_adapter / "out"
+        )
+
+
 @pytest.mark.parametrize("value", [3e38, -2000.0, float("inf")])
 def test_weights_must_be_finite_and_bounded(value, peft_config, peft_adapter, tiny_model_dir):
     tensors = load_file(peft_adapter / ADAPTER_WEIGHTS)

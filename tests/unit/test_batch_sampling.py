@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tunesmith.serving.batch_sampling import RowGroup, draw_rows
@@ -31,9 +32,10 @@ def groups() -> list[RowGroup]:
     return made
 
 
-def test_batch_draws_match_each_request_drawn_alone():
+@pytest.mark.parametrize("vocab", [5000, 65536])  # torch.topk's path, then the block search
+def test_batch_draws_match_each_request_drawn_alone(vocab):
     torch.manual_seed(0)
-    logits = torch.randn(sum(COUNTS), 5000) * 3
+    logits = torch.randn(sum(COUNTS), vocab) * 3
     batch, alone = groups(), groups()
 
     for _ in range(20):
@@ -69,3 +71,20 @@ def test_top_k_ties_are_all_kept_as_next_tokens_keeps_them():
     assert len({first for first, _ in drawn}) > 30
     assert {second for _, second in drawn} <= set(range(200, 400))
     assert len({second for _, second in drawn}) > 40
+
+
+def test_a_rows_draws_do_not_depend_on_the_other_rows_in_its_batch():
+    """bf16 logits have many equal values near the top; a seed's tokens stay the same
+    whoever shares the batch (here a row asking for a wider top-k)."""
+    torch.manual_seed(0)
+    logits = (torch.randn(2, 65536) * 3).bfloat16().float()
+    mine = SamplingParams(1.0, 0.9, 40, 8, seed=7)
+    wider = SamplingParams(1.0, 1.0, 200, 8, seed=8)
+
+    for seed in range(40):
+        alone = draw_rows(logits[:1], [RowGroup(0, 1, mine, generator(seed))])
+        shared = draw_rows(
+            logits, [RowGroup(0, 1, mine, generator(seed)), RowGroup(1, 1, wider, generator(1))]
+        )
+        serial = next_tokens(logits[:1], mine, generator(seed)).tolist()
+        assert alone == shared[:1] == serial

@@ -11,7 +11,7 @@ from torch import nn
 from tiny_model import tiny_gemma3
 from tunesmith.serving.batch import Passes, TransformersPasses
 from tunesmith.serving.gemma import GemmaPasses
-from tunesmith.serving.lora import NO_ADAPTER, AdapterBank, AdapterWeights
+from tunesmith.serving.lora import NO_ADAPTER, AdapterBank, AdapterError, AdapterWeights
 from tunesmith.serving.packed import PackedLinear, can_pack
 
 PROMPTS = [[2, 7], [2, 11, 12, 13, 14, 15, 16, 17, 18], [2, 30, 31, 32, 33]]
@@ -191,3 +191,11 @@ def test_a_step_with_prompts_prefilled_in_it_gives_the_separate_passes_logits():
 
     for mine, theirs in zip(run(mixed=True), run(mixed=False), strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_an_adapter_on_the_output_projection_is_refused():
+    model = tiny_gemma3(vocab_size=64)
+    bank = AdapterBank(model, capacity=2)
+
+    with pytest.raises(AdapterError, match="output projection"):
+        bank.acquire("x", lambda: random_adapter(model, "x", 1, names=("q_proj", "lm_head")))

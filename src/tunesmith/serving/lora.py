@@ -9,12 +9,13 @@ whatever the mix of adapters in the batch, with no per-row gather. A row without
 has an all-zero mask row and gets exactly the base layer's output. When every row of a pass
 uses one adapter (a client alone, or many on one tuned model), that adapter's own columns
 are used with no mask: with 8 adapters resident, a one-row step reads an eighth of the
-adapter matrices. A forward pass that runs
-several layers reading the same input as one matmul (q/k/v, gate/up) adds their deltas with
-`AdapterBank.adapted`, never calling the layers' modules (their hooks then stay idle): A
-matrices stacked, B matrices block-diagonal, still two matmuls. The stacks are copies, and a
-block-diagonal B is mostly zeros: for 8 rank-8 adapters on every projection of Gemma 3
-270M, about 135 MB of adapter matrices instead of 61.
+adapter matrices. A forward pass that runs several layers reading the same input as one
+matmul (q/k/v, gate/up) adds their deltas with `AdapterBank.adapted`, never calling the
+layers' modules (their hooks then stay idle): A matrices stacked, B matrices
+block-diagonal, still two matmuls. The stacks are copies, and a block-diagonal B is mostly
+zeros: for 8 rank-8 adapters on every projection of Gemma 3 270M, about 135 MB of adapter
+matrices instead of 61, and up to about 9 MB more per adapter once a pass has used it
+alone (until the next adapter loads).
 
 Adapters are read with safetensors, never with peft: a config can make peft rewrite base
 weights on load (`init_lora_weights: "pissa"`), and serving needs none of that machinery.
@@ -221,7 +222,7 @@ class AdapterBank:
     @contextmanager
     def rows(self, slots: list[int], flat: bool = False) -> Iterator[None]:
         """Each row's adapter slot for the passes run inside: one slot per row, or one per
-        token of a flat pass (a single sequence)."""
+        token of a flat pass (a single sequence). Not nested: leaving it clears the rows."""
         used = set(slots)
         self._only = used.pop() if len(used) == 1 and NO_ADAPTER not in used else None
         mask = self._row_mask(slots) if self._only is None else None
@@ -258,14 +259,15 @@ class AdapterBank:
         self, names: tuple[str, ...], slot: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, int] | None:
         """The adapted ones of `names`' A matrices stacked, their B matrices block-diagonal
-        (a layer no adapter adapts adds zero rows), both transposed for `x @ A^T @ B^T`,
-        and how many are adapted; None if none is. Every resident adapter's columns, or
-        `slot`'s alone. Built once per set of resident adapters: views for one layer,
-        copies for stacked layers (for one rank-8 adapter on every projection of Gemma 3
-        270M, about 9 MB)."""
+        (a layer not adapted adds zero rows), both transposed for `x @ A^T @ B^T`, and how
+        many are adapted; None if none is. Every resident adapter's columns, or `slot`'s
+        alone (the layers its adapter adapts). Built once per set of resident adapters:
+        views for one layer, copies for stacked layers (for one rank-8 adapter on every
+        projection of Gemma 3 270M, about 9 MB)."""
         key = (names, slot)
         if key not in self._stacks:
-            layers = [self._layers.get(name) for name in names]
+            adapted = self._slots[slot].modules if slot is not None else self._layers
+            layers = [self._layers.get(name) if name in adapted else None for name in names]
             present = [layer for layer in layers if layer]
             start, end = self._offsets[slot] if slot is not None else (0, self._width)
             stack = None
@@ -348,6 +350,8 @@ class AdapterBank:
 
     def _check_layer(self, name: str, a: torch.Tensor, b: torch.Tensor) -> None:
         linear = self._linear(name)
+        if linear is self._model.get_output_embeddings():  # refused at import too
+            raise AdapterError(f"adapters on the output projection {name!r} cannot be served")
         out_features, in_features = linear.out_features, linear.in_features
         if a.shape[1] != in_features or b.shape[0] != out_features:
             raise AdapterError(

@@ -124,14 +124,27 @@ def export_merged(adapter: Path, base_folder: Path, out: Path, defaults: Samplin
 
 @lru_cache(maxsize=8)
 def linear_shapes(base_folder: Path) -> dict[str, tuple[int, int]]:
-    """(in_features, out_features) of every linear layer of the base model, read from a
+    """(in_features, out_features) of every linear layer of the base model that an adapter
+    may adapt (all but the output projection: see `output_projection`), read from a
     weightless copy of it."""
     module = _skeleton(base_folder)
+    output = module.get_output_embeddings()
     return {
         name: (layer.in_features, layer.out_features)
         for name, layer in module.named_modules()
-        if isinstance(layer, torch.nn.Linear)
+        if isinstance(layer, torch.nn.Linear) and layer is not output
     }
+
+
+@lru_cache(maxsize=8)
+def output_projection(base_folder: Path) -> str:
+    """The name of the base model's output projection. Adapters on it are refused: serving
+    computes the logits of a batch's rows through it in other groupings than the decoder's
+    tokens (a step's rows with new prompts' last tokens), which a per-row adapter cannot
+    follow."""
+    module = _skeleton(base_folder)
+    output = module.get_output_embeddings()
+    return next(name for name, layer in module.named_modules() if layer is output)
 
 
 def _skeleton(base_folder: Path):
@@ -236,6 +249,13 @@ def store_imported_adapter(
     and writes it to `out` in the layout the worker writes."""
     config = dict(config)
     shapes = linear_shapes(base_folder)
+    output = output_projection(base_folder)
+    if targets_layer(config["target_modules"], output):
+        raise InvalidAdapter(
+            f"{ADAPTER_CONFIG}.target_modules",
+            f"target_modules names {output!r}, the output projection: adapters on it "
+            "cannot be served",
+        )
     check_targets(config["target_modules"], set(shapes))
     tensors = read_adapter_weights(weights)
     check_weights(config, tensors, shapes)
