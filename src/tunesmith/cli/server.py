@@ -119,16 +119,17 @@ def serve(
 
     configure_logging()
     settings = local_settings(host=host, port=port, workers=workers)
-    use_torch_threads(settings.torch_threads)  # for generation in this process
     settings.make_data_dir()
     default = Catalog(settings).default
     log.info("preparing base model %s", default.name)
     ensure_cached(default, settings.base_model_cache_dir)  # converted once, before workers
-    # Workers start before the app is built, so their imports, model load and warm-up run
-    # beside this process's own start: a job posted once the API answers waits less.
+    # Workers start before the app is built, and before this process imports torch, so
+    # their imports, model load and warm-up run beside this process's own start: a job
+    # posted once the API answers waits less.
     pool = _executor(settings)
     pool.start()
     try:
+        use_torch_threads(settings.torch_threads)  # for generation in this process
         import uvicorn
 
         from tunesmith.api.app import create_app
