@@ -64,3 +64,31 @@ server.serve(host=None, port=None, workers=None)
     )
     assert done.returncode == 0, done.stderr
     assert "torch imported before the workers started: False" in done.stdout
+
+
+def test_the_worker_command_collects_garbage_again_once_it_is_ready(tmp_path):
+    """The cyclic garbage collector is off while a worker starts and back on, with the
+    start's heap frozen, before the worker claims its first job."""
+    script = """
+import gc
+from tunesmith.cli import server
+from tunesmith.jobs import worker
+
+
+class Started:
+    def run_forever(self, stop, ready):
+        print("collecting while starting:", gc.isenabled())
+        ready()
+        print("collecting once ready:", gc.isenabled(), gc.get_freeze_count() > 0)
+
+
+worker.Worker.from_settings = staticmethod(lambda settings: Started())
+server.worker(supervisor=0)
+"""
+    env = {**os.environ, "TUNESMITH_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "collecting while starting: False" in done.stdout
+    assert "collecting once ready: True True" in done.stdout
