@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -114,8 +115,12 @@ class Worker:
         migrate(engine)
         return cls(settings, JobQueue(engine), Catalog(settings))
 
-    def run_forever(self, stop: threading.Event) -> None:
+    def run_forever(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
+        """Preloads the default base model, calls `ready`, then claims and runs jobs until
+        `stop` is set."""
         self.preload_default_base()
+        if ready is not None:
+            ready()
         log.info("worker %s waiting for jobs", self.worker_id)
         while not stop.is_set():
             if not self.run_once():
