@@ -8,13 +8,14 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 from transformers import AutoTokenizer
 
 from conftest import BASE_MODEL_CACHE
+from tunesmith.config import Settings
 from tunesmith.training.base_models import (
     DEFAULT_BASE_MODEL,
     BaseModelSpec,
+    Catalog,
     Source,
     ensure_cached,
     record_added_tokens,
@@ -65,13 +66,9 @@ def test_named_added_tokens_load_the_same_tokenizer(tiny_model_dir, tmp_path):
     assert_same_tokenizer(plain, recorded, tmp_path)
 
 
-@pytest.mark.skipif(
-    not (BASE_MODEL_CACHE / "gemma-3-270m" / "tokenizer.json").exists(),
-    reason="the default base model is not converted yet",
-)
 def test_named_added_tokens_load_the_same_gemma_tokenizer(tmp_path):
     """Gemma's tokenizer class builds its own backend from the vocabulary and merges."""
-    cached = BASE_MODEL_CACHE / "gemma-3-270m"
+    cached = ensure_cached(Catalog(Settings()).default, BASE_MODEL_CACHE)  # converted if new
     plain = tokenizer_files(cached, tmp_path / "plain")
     without = {k: v for k, v in config(plain).items() if k != "added_tokens_decoder"}
     (plain / "tokenizer_config.json").write_text(json.dumps(without))  # as converted before
