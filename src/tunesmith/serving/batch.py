@@ -4,9 +4,10 @@ step for every running row together.
 Rows join with KV caches of different lengths. They are kept left-padded to one length in
 one cache (transformers' `DynamicCache`, or the Gemma passes' `GrowingCache`), with a mask
 of which positions are real and each row's own next position: the padding is masked out of
-attention and costs nothing but its share of the attention reads. The cache has only full (not sliding-window) layers, so that rows
-can be padded, selected and joined alike; the model's sliding-window mask still limits what
-those layers attend to.
+attention and costs nothing but its share of the attention reads. The cache has only full
+(not sliding-window) layers, so that rows can be padded, selected and joined alike; the
+model's sliding-window mask still limits what those layers attend to (and the Gemma
+passes' decoding steps read only the window's columns).
 
 `TransformersPasses` runs any causal LM through its transformers decoder; Gemma 3 has a
 leaner path of its own (`serving.gemma`). Both keep their rows in a `KVBatch`.
