@@ -122,29 +122,32 @@ def export_merged(adapter: Path, base_folder: Path, out: Path, defaults: Samplin
 # ---------------------------------------------------------------- import
 
 
-@lru_cache(maxsize=8)
 def linear_shapes(base_folder: Path) -> dict[str, tuple[int, int]]:
     """(in_features, out_features) of every linear layer of the base model that an adapter
-    may adapt (all but the output projection: see `output_projection`), read from a
-    weightless copy of it."""
-    module = _skeleton(base_folder)
-    output = module.get_output_embeddings()
-    return {
-        name: (layer.in_features, layer.out_features)
-        for name, layer in module.named_modules()
-        if isinstance(layer, torch.nn.Linear) and layer is not output
-    }
+    may adapt (all but the output projection: see `output_projection`)."""
+    return _linear_layers(base_folder)[0]
 
 
-@lru_cache(maxsize=8)
 def output_projection(base_folder: Path) -> str:
     """The name of the base model's output projection. Adapters on it are refused: serving
     computes the logits of a batch's rows through it in other groupings than the decoder's
     tokens (a step's rows with new prompts' last tokens), which a per-row adapter cannot
     follow."""
+    return _linear_layers(base_folder)[1]
+
+
+@lru_cache(maxsize=8)
+def _linear_layers(base_folder: Path) -> tuple[dict[str, tuple[int, int]], str]:
+    """`linear_shapes` and `output_projection`, read from one weightless copy of the model."""
     module = _skeleton(base_folder)
     output = module.get_output_embeddings()
-    return next(name for name, layer in module.named_modules() if layer is output)
+    shapes, output_name = {}, ""
+    for name, layer in module.named_modules():
+        if layer is output:
+            output_name = name
+        elif isinstance(layer, torch.nn.Linear):
+            shapes[name] = (layer.in_features, layer.out_features)
+    return shapes, output_name
 
 
 def _skeleton(base_folder: Path):
